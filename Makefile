@@ -1,0 +1,38 @@
+# cnnlab — `make demo` and `make test` are the README's quickstart; both set up first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.cnnlab-installed
+
+# torch 2.14.1 + torchvision 0.29.1: the newest pair that installs from this machine's disk without a download, and
+# torchvision is needed by the tests (checkpoint compatibility). Override to use another build: make setup TORCH=...
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo test test-slow test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/cnnlab models
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+test-all: setup
+	$(PY) -m pytest -q -m ''
+
+bench: setup
+	$(PY) benchmarks/bench_models.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
