@@ -19,8 +19,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The real data sets live beside the checkout (see ../shared/datasets/README.md); never copied into the repo.
+DATA   ?= ../shared/datasets
+
 demo: setup
 	$(VENV)/bin/cnnlab models
+	@if [ -f $(DATA)/cifar10-jpeg.tar.gz ]; then \
+		$(VENV)/bin/cnnlab data prepare $(DATA)/cifar10-jpeg.tar.gz && \
+		$(VENV)/bin/cnnlab data info $(DATA)/cifar10-jpeg.tar.gz; \
+	else echo "($(DATA)/cifar10-jpeg.tar.gz not found: skipping the data step; set DATA=...)"; fi
 
 test: setup
 	$(PY) -m pytest -q
@@ -32,6 +39,7 @@ test-all: setup
 	$(PY) -m pytest -q -m ''
 
 bench: setup
+	$(PY) benchmarks/bench_data.py --data $(DATA)/cifar10-jpeg.tar.gz
 	$(PY) benchmarks/bench_models.py
 
 clean:

@@ -29,6 +29,49 @@ def _models(args) -> None:
               .rstrip())
 
 
+def _data_options(args) -> dict:
+    return {"labels": args.labels, "cache_dir": args.cache_dir, "skip_bad_images": args.skip_bad_images,
+            "download": args.download}
+
+
+def _data_info(args) -> None:
+    from cnnlab.data import dataset_info
+
+    info = dataset_info(args.path, args.dataset, **({} if args.dataset == "imagenet" else _data_options(args)))
+    print(f"path:       {info['path']}")
+    print(f"dataset:    {info['dataset']}")
+    print(f"format:     {info['format']}")
+    print(f"checksum:   {info['checksum']}")
+    if info["classes"]:
+        shown = ", ".join(info["classes"][:10]) + (", …" if len(info["classes"]) > 10 else "")
+        print(f"classes:    {len(info['classes'])} ({shown})")
+    print(f"image size: {info['image_size']}")
+    official = {"test": info["notes"].get("test_is_official", "test")} if info["notes"] else {}
+    for split, count in info["splits"].items():
+        label = f"{split} (official {official[split]})" if official.get(split, split) != split else split
+        line = f"{label + ':':<28}{count:>7} images"
+        per_class = info["per_class"].get(split)
+        if per_class:
+            low, high = min(per_class), max(per_class)
+            line += f", {low} per class" if low == high else f", {low}–{high} per class"
+        print(line)
+    if info["notes"].get("bad_images_skipped"):
+        print(f"skipped:    {info['notes']['bad_images_skipped']} unreadable images (--skip-bad-images)")
+
+
+def _data_prepare(args) -> None:
+    import time
+
+    from cnnlab.data import load_dataset
+
+    start = time.perf_counter()
+    dataset = load_dataset(args.dataset, args.path, **_data_options(args))
+    sizes = ", ".join(f"{len(s)} {name}" for name, s in dataset.splits.items())
+    print(f"{dataset.name} ({dataset.format}): {sizes}; {len(dataset.classes)} classes; "
+          f"ready in {time.perf_counter() - start:.1f} s (decoding took {dataset.notes.get('prepare_seconds', 0)} s "
+          "when first prepared)")
+
+
 def _si(n: int) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
@@ -49,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--stem", default="imagenet", help="ResNet stem: imagenet or cifar (default: imagenet)")
     models.add_argument("--format", choices=("table", "csv"), default="table")
     models.set_defaults(run=_models)
+
+    data = commands.add_parser("data", help="inspect and prepare datasets").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION")
+    for action, run, text in (("info", _data_info, "print the format, splits, classes and checksum of a dataset"),
+                              ("prepare", _data_prepare, "decode a dataset once into the on-disk cache")):
+        sub = data.add_parser(action, help=text)
+        sub.add_argument("path", help="the dataset's folder or archive (with --download: where to save it)")
+        sub.add_argument("--dataset", help="cifar10, cifar100, tinyimagenet, imagenet, mnist (default: detected)")
+        sub.add_argument("--labels", default="fine", help="CIFAR-100 label set: fine (100) or coarse (20)")
+        sub.add_argument("--cache-dir", help="where prepared arrays are kept (default: ~/.cache/cnnlab)")
+        sub.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and count them")
+        sub.add_argument("--download", action="store_true", help="fetch the official archive into PATH first")
+        sub.set_defaults(run=run)
     return parser
 
 

@@ -1,0 +1,177 @@
+"""Every official format, written by the fixtures, read back pixel for pixel."""
+
+import tarfile
+
+import numpy as np
+import pytest
+
+from cnnlab.data import load_dataset, split_train_val
+from data_fixtures import (CIFAR10, tar_folder, write_cifar100_python, write_cifar10_binary, write_cifar10_python,
+                           write_image_folder, write_mnist_idx, write_tinyimagenet)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+def load(path, cache, name=None, **kw):
+    return load_dataset(name, path, cache_dir=cache, **kw)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_cifar10_python_folder_and_archive(tmp_path, cache, packed):
+    folder, truth = write_cifar10_python(tmp_path / "src")
+    path = tar_folder(folder, tmp_path / "cifar-10-python.tar.gz") if packed else folder
+    ds = load(path, cache)
+    assert (ds.name, ds.format, ds.classes) == ("cifar10", "cifar10-python", CIFAR10)
+    train_images = np.concatenate([truth[f"data_batch_{k}"][0] for k in range(1, 6)])
+    assert np.array_equal(ds.train.images, train_images)
+    assert ds.train.labels.tolist() == sum((truth[f"data_batch_{k}"][1] for k in range(1, 6)), [])
+    assert np.array_equal(ds.test.images, truth["test_batch"][0])
+
+
+def test_cifar10_python_found_from_the_parent_folder(tmp_path, cache):
+    write_cifar10_python(tmp_path / "downloads")
+    assert load(tmp_path / "downloads", cache, "cifar10").format == "cifar10-python"
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_cifar10_binary(tmp_path, cache, packed):
+    folder, truth = write_cifar10_binary(tmp_path / "src")
+    path = tar_folder(folder, tmp_path / "cifar-10-binary.tar.gz") if packed else folder
+    ds = load(path, cache, "cifar10")
+    assert ds.format == "cifar10-binary" and ds.classes == CIFAR10
+    assert np.array_equal(ds.test.images, truth["test_batch"][0])
+    assert ds.test.labels.tolist() == truth["test_batch"][1].tolist()
+    assert len(ds.train) == 20
+
+
+def test_cifar100_fine_and_coarse_labels(tmp_path, cache):
+    folder, truth = write_cifar100_python(tmp_path / "src")
+    path = tar_folder(folder, tmp_path / "cifar-100-python.tar.gz")
+    fine = load(path, cache, "cifar100", labels="fine")
+    coarse = load(path, cache, "cifar100", labels="coarse")
+    assert len(fine.classes) == 100 and fine.classes[3] == "fine3"
+    assert len(coarse.classes) == 20 and coarse.classes[3] == "coarse3"
+    assert fine.train.labels.tolist() == truth["train"][1]
+    assert coarse.test.labels.tolist() == truth["test"][2]
+    assert np.array_equal(fine.test.images, truth["test"][0])
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx(tmp_path, cache, gz):
+    folder, truth = write_mnist_idx(tmp_path / "mnist", gz=gz)
+    ds = load(folder, cache)
+    assert (ds.name, ds.format) == ("mnist", "mnist-idx")
+    assert ds.train.images.shape == (5, 28, 28, 1)
+    assert np.array_equal(ds.train.images[..., 0], truth["train"][0])
+    assert ds.test.labels.tolist() == truth["t10k"][1].tolist()
+
+
+def test_image_folder_tar_is_cifar10_when_its_classes_say_so(tmp_path, cache):
+    folder, truth = write_image_folder(tmp_path / "tree")
+    ds = load(tar_folder(folder, tmp_path / "tree.tar.gz", arcname="."), cache)
+    assert (ds.name, ds.format, ds.classes) == ("cifar10", "image-folder", CIFAR10)
+    assert ds.train.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    assert np.array_equal(ds.train.images[2], truth["train/automobile/0000.png"])
+
+
+def test_digit_folders_are_mnist_in_one_channel(tmp_path, cache):
+    folder, _ = write_image_folder(tmp_path / "digits", classes=[str(d) for d in range(10)], size=28)
+    ds = load(folder, cache)
+    assert ds.name == "mnist" and ds.train.images.shape == (20, 28, 28, 1)
+
+
+@pytest.mark.parametrize("as_zip", [True, False])
+def test_tinyimagenet_val_labels_come_from_the_annotation_file(tmp_path, cache, as_zip):
+    path, ids = write_tinyimagenet(tmp_path, as_zip=as_zip)
+    ds = load(path, cache)
+    assert ds.name == "tinyimagenet" and len(ds.classes) == 200
+    assert ds.classes[0] == "thing 0"  # first synonym from words.txt, wnids in sorted order
+    assert ds.train.images.shape == (6, 64, 64, 3)  # the grayscale JPEG became RGB
+    assert sorted(set(ds.train.labels.tolist())) == [0, 1, 2]
+    assert ds.test.labels.tolist() == [0, 1, 2, 0]  # val_k is labelled ids[k % 3] by the annotations
+    assert len(ds.splits["unlabelled"]) == 2 and (ds.splits["unlabelled"].labels == -1).all()
+    assert ds.notes["test_is_official"] == "val"
+
+
+def test_tinyimagenet_inside_a_tar(tmp_path, cache):
+    folder, _ = write_tinyimagenet(tmp_path / "x", as_zip=False)
+    with tarfile.open(tmp_path / "tiny.tar", "w") as tar:
+        tar.add(folder, arcname="tiny-imagenet-200")
+    assert len(load(tmp_path / "tiny.tar", cache).test) == 4
+
+
+def test_second_load_comes_from_the_cache(tmp_path, cache, monkeypatch):
+    folder, _ = write_cifar10_python(tmp_path / "src")
+    first = load(folder, cache)
+    import cnnlab.data.formats as formats
+
+    monkeypatch.setattr(formats, "detect", lambda *_: pytest.fail("decoded again"))
+    second = load(folder, cache)
+    assert np.array_equal(first.train.images, second.train.images) and second.classes == CIFAR10
+
+
+def test_a_changed_source_is_prepared_again(tmp_path, cache):
+    folder, _ = write_image_folder(tmp_path / "tree", per_class=1)
+    assert len(load(folder, cache).train) == 10
+    write_image_folder(tmp_path / "tree", per_class=2)
+    assert len(load(folder, cache).train) == 20
+
+
+def test_an_interrupted_prepare_leaves_no_cache(tmp_path, cache, monkeypatch):
+    folder, _ = write_cifar10_python(tmp_path / "src")
+    import cnnlab.data.cache as cache_module
+
+    def boom(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module.np, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        load(folder, cache)
+    assert list(cache.iterdir()) == []
+    monkeypatch.undo()
+    assert len(load(folder, cache).train) == 20
+
+
+def test_validation_split_is_stratified_and_reproducible():
+    labels = np.repeat(np.arange(10), 100)
+    train, val = split_train_val(labels, 0.1, seed=3)
+    assert len(val) == 100 and np.bincount(labels[val]).tolist() == [10] * 10
+    assert np.intersect1d(train, val).size == 0 and len(train) + len(val) == 1000
+    again = split_train_val(labels, 0.1, seed=3)[1]
+    assert np.array_equal(val, again)
+    assert not np.array_equal(val, split_train_val(labels, 0.1, seed=4)[1])
+
+
+def test_synthetic_linear_has_the_seed_parameters():
+    ds = load_dataset("synthetic-linear")
+    x, y = ds.train.images, ds.train.labels
+    w, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y[:, 0], rcond=None)
+    assert np.allclose(w, [2, -3.4, 4.2], atol=0.01) and ds.task == "regression"
+
+
+def test_imagenet_folders_are_streamed_not_loaded(tmp_path, capsys):
+    from cnnlab.cli import main
+    from cnnlab.data.loader import to_model_input
+    from cnnlab.data.stream import streaming_loader
+    import torch
+
+    root = tmp_path / "imagenet"
+    classes = ["n01440764", "n01443537"]
+    write_image_folder(root, classes=classes, per_class=3, size=40, splits=("train", "val"), fmt="JPEG")
+    assert main(["data", "info", str(root), "--dataset", "imagenet"]) == 0
+    out = capsys.readouterr().out
+    assert "image-folder (streamed)" in out and "train:" in out and "6 images" in out
+    with pytest.raises(Exception, match="streamed"):
+        load_dataset("imagenet", root)
+    with pytest.raises(Exception, match="pass --dataset imagenet"):
+        load_dataset(None, root, cache_dir=tmp_path / "c")
+    loader = streaming_loader(root / "train", train=True, batch_size=4, workers=0, image_size=32, resize_size=36)
+    x, y = next(iter(loader))
+    assert x.dtype == torch.uint8 and x.shape == (4, 3, 32, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406])
+    std = torch.tensor([0.229, 0.224, 0.225])
+    z = to_model_input(x, mean, std, layout="nchw")
+    assert z.shape == (4, 3, 32, 32) and z.is_contiguous(memory_format=torch.channels_last)

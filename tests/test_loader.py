@@ -1,0 +1,119 @@
+"""The in-memory loader: batches, shuffling, batched augmentation and normalisation (on the CPU)."""
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab import CnnlabError
+from cnnlab.data.loader import (Augment, DeviceLoader, augment_preset, channel_stats, cutout, random_crop,
+                                random_flip)
+
+
+def images(n=50, size=8, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_eval_loader_keeps_order_and_normalises_with_train_stats():
+    x = images()
+    loader = DeviceLoader(x, np.arange(50), batch_size=16)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 4 and [len(y) for _, y in batches] == [16, 16, 16, 2]
+    xb = torch.cat([b for b, _ in batches])
+    assert xb.shape == (50, 3, 8, 8) and xb.is_contiguous(memory_format=torch.channels_last)
+    assert torch.cat([y for _, y in batches]).tolist() == list(range(50))
+    assert torch.allclose(xb.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(xb.std((0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
+    mean, std = channel_stats(x)
+    expected = (torch.tensor(x[3], dtype=torch.float32).permute(2, 0, 1) / 255 - torch.tensor(mean)[:, None, None]) \
+        / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(xb[3], expected)
+
+
+def test_channel_stats_match_numpy():
+    x = images(20, 16, seed=1)
+    mean, std = channel_stats(x)
+    f = x.astype(np.float64) / 255
+    assert np.allclose(mean, f.mean((0, 1, 2))) and np.allclose(std, f.std((0, 1, 2)))
+
+
+def test_training_loader_draws_a_new_permutation_each_epoch_and_is_reproducible():
+    def epochs(seed):
+        loader = DeviceLoader(images(), np.arange(50), batch_size=10, train=True, seed=seed)
+        return [torch.cat([y for _, y in loader]).tolist() for _ in range(2)]
+
+    first, second = epochs(0)
+    assert sorted(first) == list(range(50)) and first != second and first != list(range(50))
+    assert epochs(0) == [first, second] and epochs(1) != [first, second]
+
+
+def test_drop_last_and_bad_batch_size():
+    assert len(DeviceLoader(images(), np.arange(50), batch_size=16, drop_last=True)) == 3
+    with pytest.raises(CnnlabError, match="positive integer"):
+        DeviceLoader(images(), np.arange(50), batch_size=0)
+
+
+def test_loader_state_resumes_the_same_stream():
+    loader = DeviceLoader(images(), np.arange(50), batch_size=10, train=True, augment=augment_preset("cifar10"))
+    list(loader)
+    state = loader.state_dict()
+    expected = [(x.clone(), y.clone()) for x, y in loader]
+    other = DeviceLoader(images(), np.arange(50), batch_size=10, train=True, augment=augment_preset("cifar10"),
+                         seed=99)
+    other.load_state_dict(state)
+    for (x1, y1), (x2, y2) in zip(expected, other):
+        assert torch.equal(y1, y2) and torch.equal(x1, x2)
+
+
+def test_random_crop_is_a_window_of_the_zero_padded_image():
+    x = torch.from_numpy(images(30, 8))
+    out = random_crop(x, 2, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (0, 0, 2, 2, 2, 2))
+    offsets = set()
+    for i in range(30):
+        matches = [(dy, dx) for dy in range(5) for dx in range(5)
+                   if torch.equal(out[i], padded[i, dy:dy + 8, dx:dx + 8])]
+        assert matches, i
+        offsets.add(matches[0])
+    assert len(offsets) > 5  # offsets differ between images
+
+
+def test_flip_mirrors_about_half_the_images():
+    x = torch.from_numpy(images(200, 4))
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(out[i], x[i].flip(1)) for i in range(200)]
+    kept = [torch.equal(out[i], x[i]) for i in range(200)]
+    assert all(f or k for f, k in zip(flipped, kept)) and 70 < sum(flipped) < 130
+
+
+def test_cutout_zeroes_one_square_per_image():
+    x = torch.full((20, 16, 16, 3), 255, dtype=torch.uint8)
+    out = cutout(x, 4, torch.Generator().manual_seed(0))
+    zeros = (out[..., 0] == 0)
+    for i in range(20):
+        rows, cols = torch.nonzero(zeros[i], as_tuple=True)
+        assert 0 < len(rows) <= 16
+        assert rows.max() - rows.min() < 4 and cols.max() - cols.min() < 4
+    assert (out[..., 0] == out[..., 1]).all()  # the same square in every channel
+
+
+def test_augment_presets_and_overrides():
+    assert augment_preset("cifar10") == Augment(4, True, 0)
+    assert augment_preset("mnist").flip is False
+    assert augment_preset("cifar10", cutout=8).cutout == 8
+    with pytest.raises(CnnlabError, match="choose one of"):
+        augment_preset("svhn")
+    with pytest.raises(CnnlabError, match="unknown augmentation option"):
+        augment_preset("cifar10", rotate=10)
+
+
+def test_bf16_output_and_contiguous_layout():
+    loader = DeviceLoader(images(), np.arange(50), batch_size=8, dtype=torch.bfloat16, channels_last=False)
+    x, _ = next(iter(loader))
+    assert x.dtype == torch.bfloat16 and x.is_contiguous()
+
+
+def test_regression_features_are_batched_as_they_are():
+    x = np.random.default_rng(0).standard_normal((30, 2)).astype(np.float32)
+    y = x.sum(1, keepdims=True)
+    xb, yb = next(iter(DeviceLoader(x, y, batch_size=30)))
+    assert torch.equal(xb, torch.from_numpy(x)) and yb.shape == (30, 1)
