@@ -22,12 +22,12 @@ $(STAMP): pyproject.toml Makefile
 # The real data sets live beside the checkout (see ../shared/datasets/README.md); never copied into the repo.
 DATA   ?= ../shared/datasets
 
+RUN    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+
 demo: setup
-	$(VENV)/bin/cnnlab models
-	@if [ -f $(DATA)/cifar10-jpeg.tar.gz ]; then \
-		$(VENV)/bin/cnnlab data prepare $(DATA)/cifar10-jpeg.tar.gz && \
-		$(VENV)/bin/cnnlab data info $(DATA)/cifar10-jpeg.tar.gz; \
-	else echo "($(DATA)/cifar10-jpeg.tar.gz not found: skipping the data step; set DATA=...)"; fi
+	$(VENV)/bin/cnnlab train --config configs/demo-mnist-mlp.toml --data $(DATA)/mnist-png.tar.gz --out $(RUN)
+	$(VENV)/bin/cnnlab eval $(RUN)
+	@echo "curves: $(RUN)/curves.png   confusion matrix: $(RUN)/confusion_test.png"
 
 test: setup
 	$(PY) -m pytest -q

@@ -72,6 +72,40 @@ def _data_prepare(args) -> None:
           "when first prepared)")
 
 
+def _train(args) -> None:
+    from cnnlab.config import config_from_args
+    from cnnlab.engine import fit
+
+    if args.resume:
+        epochs = int(args.epochs) if args.epochs is not None else None
+        from cnnlab.config import TrainConfig
+
+        config = TrainConfig(epochs=epochs) if epochs is not None else None
+        fit(config, resume=args.resume)
+    else:
+        fit(config_from_args(args))
+
+
+def _eval(args) -> None:
+    from cnnlab.evaluate import evaluate_run
+
+    result = evaluate_run(args.target, args.split, args.data, args.device)
+    print(f"{result['split']}: loss {result['loss']:.4f}"
+          + (f"  top-1 {result['acc']:.4f}" if "acc" in result else "")
+          + (f"  top-5 {result['top5']:.4f}" if "top5" in result else ""))
+    for name, acc in result.get("per_class", {}).items():
+        print(f"  {name:<24} {acc:.4f}")
+    if "confusion_png" in result:
+        print(f"confusion matrix: {result['confusion_png']}")
+
+
+def _predict(args) -> None:
+    from cnnlab.evaluate import predict
+
+    for path, top in predict(args.run_dir, args.images, args.topk):
+        print(path + ": " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+
+
 def _si(n: int) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
@@ -92,6 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--stem", default="imagenet", help="ResNet stem: imagenet or cifar (default: imagenet)")
     models.add_argument("--format", choices=("table", "csv"), default="table")
     models.set_defaults(run=_models)
+
+    from cnnlab.config import add_arguments
+
+    train = commands.add_parser("train", help="train a model into a run folder (see --help for every setting)")
+    train.add_argument("--config", help="a TOML file of settings; flags override it")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    add_arguments(train)
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's best checkpoint: top-1/5, per class, confusion")
+    evaluate.add_argument("target", help="a run folder or a checkpoint file")
+    evaluate.add_argument("--split", default="test", help="test (default) or val")
+    evaluate.add_argument("--data", help="the dataset path, if it moved since training")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(run=_eval)
+
+    predict = commands.add_parser("predict", help="top-k classes with probabilities for image files")
+    predict.add_argument("run_dir", metavar="RUN", help="a run folder or a checkpoint file")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--topk", type=int, default=5)
+    predict.set_defaults(run=_predict)
 
     data = commands.add_parser("data", help="inspect and prepare datasets").add_subparsers(
         dest="data_command", required=True, metavar="ACTION")

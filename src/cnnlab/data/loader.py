@@ -129,18 +129,29 @@ class DeviceLoader:
         self.batch_size, self.train, self.augment = batch_size, train, augment
         self.dtype, self.channels_last, self.drop_last = dtype, channels_last, drop_last
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.order: torch.Tensor | None = None  # this epoch's order, kept so a checkpoint can resume mid-epoch
+        self._resume: tuple[torch.Tensor, int] | None = None
 
     def __len__(self) -> int:
         n = len(self.images)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        n = len(self.images)
-        order = (torch.randperm(n, device=self.device, generator=self.generator) if self.train
-                 else torch.arange(n, device=self.device))
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            idx = order[start:start + self.batch_size]
+        if self._resume is not None:
+            self.order, first = self._resume
+            self._resume = None
+        else:
+            n = len(self.images)
+            self.order = (torch.randperm(n, device=self.device, generator=self.generator) if self.train
+                          else torch.arange(n, device=self.device))
+            first = 0
+        for b in range(first, len(self)):
+            idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
             yield self.prepare(self.images[idx]), self.labels[idx]
+
+    def resume_from(self, order: torch.Tensor, batch: int) -> None:
+        """Make the next iteration continue an epoch: same order, starting at batch index `batch`."""
+        self._resume = (order.to(self.device), batch)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Augment (when training) and normalise one batch of the resident images."""

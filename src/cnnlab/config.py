@@ -1,0 +1,204 @@
+"""Every training setting in one typed dataclass: TOML in, TOML out, CLI flags generated from the fields.
+
+Precedence: dataclass defaults < `--config FILE` < explicit command-line flags. Validation happens once, in
+`validate()`, and names the field and what it allows.
+"""
+
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+
+
+def _f(default, help, choices=None):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "choices": choices})
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    model: str = _f("mlp", "model name from `cnnlab models` (or a paper letter A…E)")
+    dropout: float | None = _f(None, "dropout probability for mlp/vgg (default: the model's own)")
+    head: str | None = _f(None, "VGG head: imagenet or cifar (default: cifar for images ≤ 64 px)")
+    stem: str | None = _f(None, "ResNet stem: imagenet or cifar (default: cifar for images ≤ 64 px)")
+    hidden: list[int] | None = _f(None, "MLP hidden layer sizes, e.g. 256,128")
+    activation: str | None = _f(None, "MLP activation: relu, sigmoid or tanh")
+    batch_norm: bool | None = _f(None, "MLP batch norm between affine map and activation")
+    # data
+    dataset: str = _f("mnist", "cifar10, cifar100, tinyimagenet, mnist or synthetic-linear")
+    data: str | None = _f(None, "the dataset's folder or archive")
+    labels: str = _f("fine", "CIFAR-100 label set", ("fine", "coarse"))
+    val_split: float = _f(0.1, "fraction of the training set held out for validation (stratified)")
+    subset: int | None = _f(None, "use only the first N training images (before the validation split)")
+    augment: str | None = _f(None, "augmentation preset (default: the dataset's; `none` switches it off)")
+    cutout: int = _f(0, "cutout square size in pixels (0 = off)")
+    cache_dir: str | None = _f(None, "prepared-dataset cache (default: ~/.cache/cnnlab)")
+    # optimisation
+    epochs: int = _f(10, "passes over the training split")
+    batch_size: int | str = _f(128, "examples per step, or `all` for full-batch gradient descent")
+    optimizer: str = _f("sgd", "sgd (momentum v = βv + g, W -= αv) or adamw", ("sgd", "adamw"))
+    lr: float = _f(0.1, "learning rate α")
+    momentum: float = _f(0.9, "momentum β (sgd); 0 for plain SGD")
+    nesterov: bool = _f(False, "Nesterov momentum (sgd)")
+    weight_decay: float = _f(0.0, "λ of the L2 penalty λ/2‖w‖² (sgd) or decoupled decay (adamw)")
+    decay_all: bool = _f(False, "also decay biases and batch-norm parameters")
+    schedule: str = _f("constant", "learning-rate schedule", ("constant", "step", "cosine", "onecycle"))
+    milestones: list[int] = _f([], "step schedule: epochs at which lr is multiplied by gamma")
+    gamma: float = _f(0.1, "step schedule factor")
+    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (onecycle: the rising part; default 30 %)")
+    label_smoothing: float = _f(0.0, "label smoothing ε for the cross-entropy")
+    early_stop_metric: str | None = _f(None, "stop early on val_loss or val_acc (default: off)",
+                                       (None, "val_loss", "val_acc"))
+    early_stop_delta: float = _f(0.0, "an epoch improves only if it beats the best by more than this")
+    early_stop_patience: int = _f(3, "epochs without improvement before stopping")
+    # engine
+    precision: str = _f("fp32", "fp32, or bf16 autocast", ("fp32", "bf16"))
+    compile: bool = _f(False, "torch.compile the model")
+    device: str = _f("auto", "auto (CUDA when present), cpu or cuda", ("auto", "cpu", "cuda"))
+    seed: int = _f(0, "seed for initialisation, split, shuffling and augmentation")
+    out: str | None = _f(None, "run folder (default: runs/<model>-<dataset>-<time>)")
+    checkpoint_every: int = _f(1, "write last.pt every N epochs")
+
+    def validate(self) -> "TrainConfig":
+        def need(ok, name, allowed):
+            if not ok:
+                raise CnnlabError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not allowed; {allowed}")
+
+        from cnnlab.data import DATASETS
+        from cnnlab.models import model_info
+
+        model_info(self.model)  # unknown names list the valid ones
+        need(self.dataset in DATASETS and self.dataset != "imagenet", "dataset",
+             "choose one of: " + ", ".join(d for d in DATASETS if d != "imagenet")
+             + " (ImageNet training arrives with the streaming path in the training engine)")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices:
+                need(getattr(self, f.name) in choices, f.name,
+                     "choose one of: " + ", ".join(str(c) for c in choices if c is not None))
+        need(self.epochs >= 1, "epochs", "use a positive integer")
+        need(self.batch_size == "all" or (isinstance(self.batch_size, int) and self.batch_size >= 1), "batch_size",
+             "use a positive integer or `all`")
+        for name in ("lr", "weight_decay", "early_stop_delta", "warmup_epochs", "cutout"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,
+                 "use a finite number ≥ 0")
+        need(self.lr > 0, "lr", "use a finite number > 0")
+        need(0 <= self.momentum < 1, "momentum", "use a number in [0, 1)")
+        need(0 <= self.label_smoothing < 1, "label_smoothing", "use a number in [0, 1)")
+        need(0 <= self.val_split < 1, "val_split", "use a fraction in [0, 1)")
+        need(0 < self.gamma <= 1, "gamma", "use a number in (0, 1]")
+        need(self.early_stop_patience >= 1, "early_stop_patience", "use a positive integer")
+        need(self.subset is None or self.subset >= 2, "subset", "use an integer ≥ 2")
+        need(self.checkpoint_every >= 1, "checkpoint_every", "use a positive integer")
+        need(not self.nesterov or self.momentum > 0, "nesterov", "Nesterov needs --momentum > 0")
+        need(self.early_stop_metric is None or self.val_split > 0, "early_stop_metric",
+             "early stopping needs a validation split (--val-split > 0)")
+        return self
+
+    # -- TOML ----------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict, origin: str = "config") -> "TrainConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise CnnlabError(f"{origin}: unknown setting {unknown[0]!r}; known settings: {', '.join(known)}")
+        config = cls()
+        for name, value in values.items():
+            setattr(config, name, _coerce(known[name], value, origin))
+        return config
+
+    @classmethod
+    def from_toml(cls, path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CnnlabError(f"config file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise CnnlabError(f"{path} is not valid TOML ({e})") from None
+        values.pop("cnnlab", None)  # provenance table written by to_toml
+        return cls.from_dict(values, str(path))
+
+    def to_toml(self) -> str:
+        lines = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                lines.append(f"# {f.name} = (default)")
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _coerce(f, value, origin: str):
+    """Turn a TOML or command-line value into the field's type; one clear line if it does not fit."""
+    kind = f.type if isinstance(f.type, str) else str(f.type)
+    try:
+        if value is None:
+            return None
+        if "list[int]" in kind:
+            if isinstance(value, str):
+                value = [v for v in value.replace(" ", "").split(",") if v]
+            return [int(v) for v in value]
+        if "bool" in kind:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if f.name == "batch_size":
+            return "all" if value == "all" else _int(value)
+        if "int" in kind and "float" not in kind:
+            return _int(value)
+        if "float" in kind:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        expected = {"int | str": "positive integer or `all`", "list[int] | None": "list of integers such as 256,128",
+                    "list[int]": "list of integers such as 30,60"}.get(kind, kind.replace(" | None", ""))
+        raise CnnlabError(f"{origin}: {value!r} is not a valid {expected}") from None
+
+
+def _int(value) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    return int(value)
+
+
+def add_arguments(parser) -> None:
+    """One --flag per field; every flag defaults to None so only what the user typed overrides the config."""
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if "bool" in str(f.type):
+            parser.add_argument(flag, default=None, nargs="?", const="true", metavar="BOOL", help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, default=None, help=f.metadata["help"])
+
+
+def config_from_args(args) -> TrainConfig:
+    config = TrainConfig.from_toml(args.config) if getattr(args, "config", None) else TrainConfig()
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    for name, value in given.items():
+        setattr(config, name, _coerce(next(f for f in fields(TrainConfig) if f.name == name), value,
+                                      "--" + name.replace("_", "-")))
+    return config.validate()

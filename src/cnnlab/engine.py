@@ -1,0 +1,428 @@
+"""One plain training loop: `fit` prepares, then calls `train_one_epoch` and `evaluate` once per epoch.
+
+The few things that vary are small objects the loop calls: EarlyStopping, the run folder, the checkpoint writer.
+"""
+
+import math
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnlab.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.config import TrainConfig
+from cnnlab.data import load_dataset, split_train_val
+from cnnlab.data.loader import DeviceLoader, augment_preset, channel_stats
+from cnnlab.early_stopping import EarlyStopping
+from cnnlab.errors import CnnlabError
+from cnnlab.models import count_params, create_model, model_info
+from cnnlab.optim import build_optimizer, build_scheduler
+from cnnlab.runs import METRIC_COLUMNS, TOP5_COLUMNS, RunFolder, environment
+
+FULL_BATCH_CHUNK = 1024  # full-batch GD accumulates the exact mean gradient over chunks of this size
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+def model_options(config: TrainConfig, image_shape: tuple, num_classes: int) -> dict:
+    """The registry options for this config and data: small images get the CIFAR head/stem unless told otherwise."""
+    spec = model_info(config.model)
+    small = len(image_shape) == 3 and image_shape[0] <= 64
+    options = {"head": config.head or ("cifar" if small else "imagenet"),
+               "stem": config.stem or ("cifar" if small else "imagenet"),
+               "dropout": config.dropout, "hidden": config.hidden, "activation": config.activation,
+               "batch_norm": config.batch_norm}
+    if len(image_shape) == 1:
+        options["in_features"] = image_shape[0]
+    options = {k: v for k, v in options.items() if k in spec.options and v is not None}
+    size = image_shape[0] if len(image_shape) == 3 else 1
+    channels = image_shape[2] if len(image_shape) == 3 else 1
+    return {"name": spec.name, "num_classes": num_classes, "in_channels": channels, "image_size": size, **options}
+
+
+@dataclass
+class Data:
+    train: DeviceLoader
+    val: DeviceLoader | None
+    test: DeviceLoader
+    classes: list[str]
+    task: str
+    image_shape: tuple
+    mean: list | None
+    std: list | None
+    n_train: int
+    notes: dict = field(default_factory=dict)
+
+
+def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32) -> Data:
+    """Load (cached), take the subset, hold out the stratified validation split, build the three loaders."""
+    ds = load_dataset(config.dataset, config.data, labels=config.labels, cache_dir=config.cache_dir)
+    x, y = ds.train.images, ds.train.labels
+    if config.subset is not None and config.subset < len(y):
+        # A fixed shuffle first: archives are often sorted by class, and the first N would hold one class.
+        keep = np.sort(np.random.default_rng(0).permutation(len(y))[:config.subset])
+        x, y = x[keep], y[keep]
+    train_idx, val_idx = split_train_val(y, config.val_split, config.seed)
+    is_image = x.dtype == np.uint8
+    mean, std = channel_stats(x[train_idx]) if is_image else (None, None)
+    augment = augment_preset(config.augment or (ds.name if ds.name in ("cifar10", "cifar100", "tinyimagenet",
+                                                                        "mnist") else "none"))
+    if config.cutout:
+        augment = augment_preset(config.augment or "none", cutout=config.cutout) if config.augment else \
+            type(augment)(augment.crop_padding, augment.flip, config.cutout)
+    full = config.batch_size == "all"
+    batch = min(FULL_BATCH_CHUNK, len(train_idx)) if full else config.batch_size
+    eval_batch = max(batch, 512)
+    common = {"device": device, "mean": mean, "std": std, "dtype": dtype,
+              "channels_last": device.type == "cuda"}
+    train = DeviceLoader(x[train_idx], y[train_idx], batch_size=batch, train=True,
+                         augment=augment if is_image else augment_preset("none"), seed=config.seed, **common)
+    val = DeviceLoader(x[val_idx], y[val_idx], batch_size=eval_batch, **common) if len(val_idx) else None
+    test = DeviceLoader(ds.test.images, ds.test.labels, batch_size=eval_batch, **common)
+    notes = dict(ds.notes, val_size=int(len(val_idx)), val_seed=config.seed, augment=str(augment))
+    return Data(train, val, test, ds.classes, ds.task, tuple(x.shape[1:]), mean, std, len(train_idx), notes)
+
+
+def loss_fn(task: str, label_smoothing: float = 0.0):
+    if task == "regression":
+        return lambda out, y: 0.5 * (out - y).square().mean()  # the seed's ½(ŷ − y)², averaged
+    return lambda out, y: F.cross_entropy(out, y, label_smoothing=label_smoothing)
+
+
+class Sums:
+    """Running sums on the device: no host synchronisation until `result()`."""
+
+    def __init__(self, device):
+        self.loss = torch.zeros((), device=device, dtype=torch.float64)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.top5 = torch.zeros((), device=device, dtype=torch.int64)
+        self.n = 0
+
+    def add(self, loss, out, y, task):
+        self.loss += loss.detach().double() * len(y)
+        if task == "classification":
+            self.correct += (out.argmax(1) == y).sum()
+            if out.shape[1] > 10:
+                self.top5 += (out.topk(5, 1).indices == y[:, None]).any(1).sum()
+        self.n += len(y)
+
+    def result(self, task, num_classes) -> dict:
+        r = {"loss": float(self.loss) / max(self.n, 1)}
+        if task == "classification":
+            r["acc"] = int(self.correct) / max(self.n, 1)
+            if num_classes > 10:
+                r["top5"] = int(self.top5) / max(self.n, 1)
+        return r
+
+    def state(self) -> dict:
+        return {"loss": float(self.loss), "correct": int(self.correct), "top5": int(self.top5), "n": self.n}
+
+    def load(self, state: dict) -> None:
+        self.loss.fill_(state["loss"])
+        self.correct.fill_(state["correct"])
+        self.top5.fill_(state["top5"])
+        self.n = state["n"]
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM (or a test's `should_stop`); the loop checks it after every step."""
+
+    def __init__(self, should_stop=None):
+        self.requested, self.signal_name, self.should_stop = False, None, should_stop
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with their owner
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        self.requested, self.signal_name = True, signal.Signals(signum).name
+
+    def check(self, epoch, step) -> bool:
+        if not self.requested and self.should_stop is not None and self.should_stop(epoch, step):
+            self.requested, self.signal_name = True, "stop request"
+        return self.requested
+
+
+class Progress:
+    """A tqdm bar in a terminal; otherwise a plain line every quarter epoch (safe under nohup, CI, pipes)."""
+
+    def __init__(self, total, epoch, epochs, log):
+        self.total, self.log, self.count, self.start = total, log, 0, time.perf_counter()
+        self.prefix = f"epoch {epoch}/{epochs}"
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.prefix, leave=False, dynamic_ncols=True)
+
+    def update(self, images, sums=None):
+        self.count += 1
+        elapsed = time.perf_counter() - self.start
+        if self.bar is not None:
+            self.bar.update(1)
+            if sums is not None and self.count % 10 == 0:
+                self.bar.set_postfix(loss=f"{float(sums.loss) / max(sums.n, 1):.3f}", img_s=f"{images / elapsed:.0f}")
+        elif self.total >= 50 and self.count % max(1, self.total // 4) == 0 and self.count < self.total:
+            self.log(f"{self.prefix} step {self.count}/{self.total} {images / elapsed:.0f} img/s")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train_one_epoch(model, data: Data, optimizer, scheduler, criterion, autocast, config: TrainConfig, epoch: int,
+                    stop: StopRequest, sums: Sums, log, first_batch: int = 0, bad_step=None):
+    """One pass over the training loader. Returns the index of the next batch (len(loader) when complete)."""
+    model.train()
+    full = config.batch_size == "all"
+    loader = data.train
+    progress = Progress(len(loader), epoch, config.epochs, log)
+    step = first_batch
+    if full:
+        optimizer.zero_grad(set_to_none=True)
+    for step, (x, y) in enumerate(loader, start=first_batch):
+        with autocast:
+            out = model(x)
+            loss = criterion(out.float(), y)
+        if full:
+            # Weight each chunk by its share so the summed gradient is the exact mean over the training set.
+            (loss * (len(y) / data.n_train)).backward()
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        sums.add(loss, out.float(), y, data.task)
+        if bad_step is not None:
+            bad_step.copy_(torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step))
+        progress.update(sums.n, sums)
+        if not full and stop.check(epoch, step + 1):
+            progress.close()
+            return step + 1
+    if full:
+        optimizer.step()
+        scheduler.step()
+    progress.close()
+    return len(loader)
+
+
+@torch.no_grad()
+def evaluate(model, loader: DeviceLoader, task: str, num_classes: int, autocast=nullcontext(),
+             return_predictions: bool = False):
+    """Mean loss (plain cross-entropy or ½ squared error), top-1 and top-5 over a loader."""
+    model.eval()
+    sums = Sums(loader.device)
+    criterion = loss_fn(task)
+    predictions = []
+    for x, y in loader:
+        with autocast:
+            out = model(x).float()
+        sums.add(criterion(out, y), out, y, task)
+        if return_predictions:
+            predictions.append(out.argmax(1).cpu())
+    result = sums.result(task, num_classes)
+    if return_predictions:
+        return result, torch.cat(predictions)
+    return result
+
+
+def _checkpoint_state(model, optimizer, scheduler, early, data: Data, config: TrainConfig, options: dict,
+                      epoch: int, best: dict, position: dict | None = None) -> dict:
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "early_stopping": early.state_dict() if early else None,
+        "rng": {"torch": torch.get_rng_state(), "loader": data.train.generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "epoch": epoch, "best": best, "config": _plain(vars(config)), "model_options": _plain(options),
+        "classes": list(data.classes), "task": data.task, "image_shape": list(data.image_shape),
+        "mean": data.mean, "std": data.std, "position": position,
+    }
+    return state
+
+
+def _plain(d: dict) -> dict:
+    """Only what weights_only loading accepts: numbers, strings, bools, None, lists."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _say(run: RunFolder | None, line: str, err: bool = False) -> None:
+    print(line, file=sys.stderr if err else sys.stdout, flush=True)
+    if run is not None:
+        run.log(line)
+
+
+def fit(config: TrainConfig, resume: str | None = None, should_stop=None) -> RunFolder:
+    """Train `config` into its run folder (or continue the run in `resume`); return the run folder."""
+    if resume:
+        run = RunFolder.open(resume)
+        checkpoint = load_checkpoint(run.file("last.pt"))
+        epochs = config.epochs if config is not None else None
+        config = run.config()
+        if epochs is not None and epochs != config.epochs:
+            config.epochs = epochs
+            run.file("config.toml").write_text(config.to_toml(), encoding="utf-8")
+        config.validate()
+    else:
+        config.validate()
+        run, checkpoint = None, None
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    wall_start = time.perf_counter()
+    data = build_data(config, device)
+    options = model_options(config, data.image_shape, len(data.classes) or 1)
+    model = create_model(**options).to(device)
+    if device.type == "cuda" and options.get("in_channels") and model_info(options["name"]).family in ("vgg",
+                                                                                                     "resnet"):
+        model = model.to(memory_format=torch.channels_last)
+    if run is None:  # created only now, so bad input above leaves no folder behind
+        run = RunFolder.create(config)
+    train_model = torch.compile(model) if config.compile else model
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, 1 if config.batch_size == "all" else len(data.train))
+    criterion = loss_fn(data.task, config.label_smoothing)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    early = (EarlyStopping(config.early_stop_metric, config.early_stop_delta, config.early_stop_patience)
+             if config.early_stop_metric else None)
+    monitor = config.early_stop_metric or ("val_acc" if data.task == "classification" else "val_loss")
+    best = {"metric": monitor, "value": None, "epoch": None}
+    start_epoch, position = 1, None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if early and checkpoint["early_stopping"]:
+            early.load_state_dict(checkpoint["early_stopping"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        data.train.generator.set_state(checkpoint["rng"]["loader"])
+        if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        best = checkpoint["best"]
+        position = checkpoint["position"]
+        start_epoch = checkpoint["epoch"] + 1
+        run.truncate_metrics(checkpoint["epoch"])
+        _say(run, f"resuming {run.path} after epoch {checkpoint['epoch']}"
+             + (f", inside epoch {position['epoch']} at step {position['batch']}" if position else ""))
+    else:
+        _say(run, f"training {options['name']} ({count_params(model):,} parameters) on {config.dataset}: "
+             f"{data.n_train} train / {data.val.images.shape[0] if data.val else 0} val / "
+             f"{data.test.images.shape[0]} test, {device} → {run.path}")
+
+    columns = METRIC_COLUMNS + (TOP5_COLUMNS if len(data.classes) > 10 else [])
+    num_classes = len(data.classes)
+    stop_reason, last_epoch = "completed all epochs", start_epoch - 1
+    bad_step = torch.full((), -1, device=device, dtype=torch.int64)
+    with StopRequest(should_stop) as stop:
+        for epoch in range(start_epoch, config.epochs + 1):
+            sums = Sums(device)
+            first_batch = 0
+            if position is not None:
+                data.train.resume_from(position["order"], position["batch"])
+                sums.load(position["sums"])
+                first_batch, position = position["batch"], None
+            epoch_start = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            done = train_one_epoch(train_model, data, optimizer, scheduler, criterion, autocast, config, epoch,
+                                   stop, sums, lambda line: _say(run, line), first_batch, bad_step)
+            if int(bad_step) >= 0 or not math.isfinite(float(sums.loss)):
+                stop_reason = (f"loss became NaN or infinite in epoch {epoch} (step {int(bad_step) + 1}); "
+                               "the last good checkpoint is kept — lower the learning rate (--lr) and try again")
+                _say(run, stop_reason, err=True)
+                break
+            if done < len(data.train):  # interrupted inside the epoch: save the position and leave
+                position = {"epoch": epoch, "batch": done, "order": data.train.order.cpu(), "sums": sums.state()}
+                save_checkpoint(_checkpoint_state(model, optimizer, scheduler, early, data, config, options,
+                                                  epoch - 1, best, position), run.file("last.pt"))
+                _say(run, f"stopped by {stop.signal_name} in epoch {epoch} after step {done}; checkpoint saved. "
+                     f"Resume with: cnnlab train --resume {run.path}", err=True)
+                raise SystemExit(130)
+            train_seconds = time.perf_counter() - epoch_start
+            train_result = sums.result(data.task, num_classes)
+            val_result = evaluate(train_model, data.val, data.task, num_classes, autocast) if data.val else {}
+            row = {"epoch": epoch, "train_loss": train_result["loss"], "train_acc": train_result.get("acc"),
+                   "train_top5": train_result.get("top5"), "val_loss": val_result.get("loss"),
+                   "val_acc": val_result.get("acc"), "val_top5": val_result.get("top5"), "lr": lr,
+                   "epoch_seconds": time.perf_counter() - epoch_start,
+                   "images_per_second": sums.n / train_seconds}
+            run.append_metrics(row, columns)
+            last_epoch = epoch
+            _say(run, f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.4f}"
+                 + (f" acc {row['train_acc']:.4f}" if row["train_acc"] is not None else "")
+                 + (f"  val loss {row['val_loss']:.4f}" if val_result else "")
+                 + (f" acc {row['val_acc']:.4f}" if row["val_acc"] is not None else "")
+                 + f"  {row['images_per_second']:.0f} img/s  {row['epoch_seconds']:.1f} s")
+            value = row.get(monitor) if data.val else None
+            improved = value is None or best["value"] is None or (
+                value < best["value"] if monitor == "val_loss" else value > best["value"])
+            if improved:
+                best = {"metric": monitor, "value": value, "epoch": epoch}
+            stop_now, reason = early.step(value, epoch) if early else (False, "")
+            state = _checkpoint_state(model, optimizer, scheduler, early, data, config, options, epoch, best)
+            if improved:
+                save_checkpoint(state, run.file("best.pt"))
+            if epoch % config.checkpoint_every == 0 or stop_now or epoch == config.epochs:
+                save_checkpoint(state, run.file("last.pt"))
+            if stop_now:
+                stop_reason = f"early stopping after epoch {epoch}: {reason}"
+                _say(run, stop_reason)
+                break
+            if stop.check(epoch, None):
+                _say(run, f"stopped by {stop.signal_name} after epoch {epoch}; checkpoint saved. "
+                     f"Resume with: cnnlab train --resume {run.path}", err=True)
+                raise SystemExit(130)
+    finish(run, config, model, data, options, best, stop_reason, last_epoch, time.perf_counter() - wall_start,
+           device, autocast)
+    return run
+
+
+def finish(run, config, model, data, options, best, stop_reason, epochs_run, wall, device, autocast) -> dict:
+    """Evaluate the best checkpoint once on the test split; write summary.json and curves.png."""
+    summary = {"model": options["name"], "dataset": config.dataset, "parameters": count_params(model),
+               "epochs_run": epochs_run, "stop_reason": stop_reason, "best_metric": best["metric"],
+               "best_value": best["value"], "best_epoch": best["epoch"], "seed": config.seed,
+               "val_size": data.notes.get("val_size"), "wall_seconds": round(wall, 2)}
+    rows = run.metrics()
+    if rows:
+        ips = [float(r["images_per_second"]) for r in rows if r["images_per_second"]]
+        summary["images_per_second"] = round(sum(ips) / len(ips), 1)
+    if run.file("best.pt").is_file():
+        model.load_state_dict(load_checkpoint(run.file("best.pt"), device)["model"])
+        test = evaluate(model, data.test, data.task, len(data.classes), autocast)
+        summary.update({"test_loss": test["loss"], "test_top1": test.get("acc"), "test_top5": test.get("top5")})
+        if options["name"] == "linreg" and "true_w" in data.notes:
+            w = model.linear.weight.detach().cpu().flatten().tolist()
+            b = float(model.linear.bias.detach().cpu())
+            summary.update({"learned_w": w, "learned_b": b, "true_w": data.notes["true_w"],
+                            "true_b": data.notes["true_b"],
+                            "w_error": max(abs(a - t) for a, t in zip(w, data.notes["true_w"])),
+                            "b_error": abs(b - data.notes["true_b"])})
+    summary.update(environment(device))
+    run.write_summary(summary)
+    if rows:
+        from cnnlab.report.curves import save_curves
+
+        save_curves(rows, run.file("curves.png"), title=f"{options['name']} on {config.dataset}")
+    test_text = (f"test top-1 {summary['test_top1']:.4f}" if summary.get("test_top1") is not None
+                 else f"test loss {summary.get('test_loss', float('nan')):.6f}")
+    _say(run, f"done: {stop_reason}; best {best['metric']} {best['value']} at epoch {best['epoch']}; {test_text}; "
+         f"run folder {run.path}")
+    return summary

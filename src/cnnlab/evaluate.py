@@ -1,0 +1,92 @@
+"""`cnnlab eval` and `cnnlab predict`: a run's best checkpoint on a split, or on image files."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.checkpoint import load_checkpoint
+from cnnlab.config import TrainConfig
+from cnnlab.engine import build_data, evaluate, resolve_device
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+
+
+def _checkpoint_path(target) -> Path:
+    target = Path(target)
+    if target.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (target / name).is_file():
+                return target / name
+        raise CnnlabError(f"{target} has no best.pt or last.pt; is it a cnnlab run folder?")
+    return target
+
+
+def load_model(target, device="cpu"):
+    """(model in eval mode, checkpoint dict) from a run folder or a checkpoint file."""
+    checkpoint = load_checkpoint(_checkpoint_path(target))
+    for key in ("model", "model_options", "config"):
+        if key not in checkpoint:
+            raise CnnlabError(f"{target} is not a cnnlab checkpoint (no {key!r}); cnnlab eval needs one it wrote")
+    model = create_model(**checkpoint["model_options"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint
+
+
+def evaluate_run(target, split: str = "test", data: str | None = None, device: str = "auto",
+                 out_dir: Path | None = None) -> dict:
+    """Top-1/top-5, per-class accuracy and a confusion-matrix PNG for `split` (test or val)."""
+    if split not in ("test", "val"):
+        raise CnnlabError(f"--split {split!r} is not allowed; choose test or val")
+    dev = resolve_device(device)
+    model, checkpoint = load_model(target, dev)
+    config = TrainConfig.from_dict(checkpoint["config"])
+    if data:
+        config.data = data
+    loaders = build_data(config, dev)
+    loader = loaders.test if split == "test" else loaders.val
+    if loader is None:
+        raise CnnlabError("this run held out no validation split (--val-split 0); evaluate --split test")
+    result, predictions = evaluate(model, loader, loaders.task, len(loaders.classes), return_predictions=True)
+    result["split"] = split
+    if loaders.task == "classification":
+        truth = loader.labels.cpu().numpy()
+        k = len(loaders.classes)
+        confusion = np.bincount(truth * k + predictions.numpy(), minlength=k * k).reshape(k, k)
+        per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+        result["per_class"] = dict(zip(loaders.classes, per_class.round(4).tolist()))
+        out_dir = Path(out_dir or (target if Path(target).is_dir() else Path(target).parent))
+        from cnnlab.report.curves import save_confusion
+
+        result["confusion_png"] = str(save_confusion(confusion, loaders.classes,
+                                                     out_dir / f"confusion_{split}.png"))
+    return result
+
+
+def predict(target, images: list, topk: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Top-k classes with probabilities for image files, preprocessed as the run's data was."""
+    from PIL import Image, UnidentifiedImageError
+
+    model, checkpoint = load_model(target)
+    if checkpoint.get("task") != "classification":
+        raise CnnlabError("predict needs a classification run")
+    h, w, c = checkpoint["image_shape"]
+    mean = torch.tensor(checkpoint["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(checkpoint["std"]).view(1, -1, 1, 1)
+    classes = checkpoint["classes"]
+    results = []
+    for path in images:
+        try:
+            with Image.open(io.BytesIO(Path(path).read_bytes())) as im:
+                im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+                x = torch.from_numpy(np.asarray(im).copy()).reshape(1, h, w, c).permute(0, 3, 1, 2).float()
+        except FileNotFoundError:
+            raise CnnlabError(f"image {path} does not exist") from None
+        except (UnidentifiedImageError, OSError):
+            raise CnnlabError(f"{path} is not a readable image") from None
+        with torch.no_grad():
+            probs = torch.softmax(model((x / 255 - mean) / std), 1)[0]
+        top = probs.topk(min(topk, len(classes)))
+        results.append((str(path), [(classes[i], float(p)) for p, i in zip(top.values, top.indices)]))
+    return results

@@ -1,0 +1,58 @@
+"""Optimizers with weight-decay parameter groups, and learning-rate schedules as per-step multipliers."""
+
+import math
+
+import torch
+from torch import nn
+
+from cnnlab.config import TrainConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
+    """Decay only weight matrices and conv kernels (tensors with ≥ 2 dims): the seed's λ/2‖w‖² penalises w, not b.
+
+    Biases and batch-norm scales/shifts (1-dim) go to a group without decay unless decay_all.
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if decay_all or p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD: v = βv + (g + λw), W = W − αv (PyTorch semantics, dampening 0). AdamW: decoupled decay."""
+    groups = parameter_groups(model, config.weight_decay, config.decay_all)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+
+
+def lr_multiplier(config: TrainConfig, steps_per_epoch: int):
+    """step → factor on the base lr. Warm-up is linear from 1/warmup_steps to 1; schedules then run per step."""
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if config.schedule == "onecycle" and warmup == 0:
+        warmup = max(1, round(0.3 * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        if config.schedule == "step":
+            epoch = step // steps_per_epoch
+            return config.gamma ** sum(epoch >= m for m in config.milestones)
+        progress = (step - warmup) / max(1, total - warmup)
+        if config.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return max(0.0, 1 - progress)  # onecycle: linear decay to zero after the warm-up peak
+
+    return factor
+
+
+def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config, steps_per_epoch))
