@@ -183,3 +183,38 @@ def test_sigint_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
                              str(state["epoch"] + 1)], capture_output=True, text=True, timeout=120)
     assert finish.returncode == 0, finish.stderr
     assert len(metrics(out)) == state["epoch"] + 1 and (out / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_imagenet_style_folders_train_through_the_streaming_loader(tmp_path, workers):
+    classes = ["n01440764", "n01443537", "n01484850"]
+    write_image_folder(tmp_path / "imagenet", classes=classes, per_class=6, size=48, splits=("train", "val"),
+                       fmt="JPEG")
+    run = fit(TrainConfig(model="resnet18", dataset="imagenet", data=str(tmp_path / "imagenet"), image_size=32,
+                          resize_size=40, workers=workers, epochs=2, batch_size=4, lr=0.01, val_split=0.2,
+                          out=str(tmp_path / "run")))
+    summary = json.loads((run.path / "summary.json").read_text())
+    rows = metrics(run.path)
+    assert len(rows) == 2 and summary["test_top1"] is not None and summary["val_size"] == 3
+    checkpoint = torch.load(run.path / "best.pt", weights_only=True)
+    assert checkpoint["model_options"]["stem"] == "cifar"  # 32 px crops get the CIFAR stem
+    assert checkpoint["classes"] == classes
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--model", "linreg", "--dataset", "synthetic-linear",
+           "--batch-size", "1", "--epochs", "200", "--lr", "0.001", "--momentum", "0", "--out", str(out)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        for line in first.stdout:
+            if line.startswith("epoch 1/200"):
+                break
+        second = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--resume", str(out)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "in use by another cnnlab process" in second.stderr
+        assert second.stderr.count("\n") == 1
+    finally:
+        first.kill()
+        first.wait()

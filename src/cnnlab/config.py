@@ -37,6 +37,9 @@ class TrainConfig:
     augment: str | None = _f(None, "augmentation preset (default: the dataset's; `none` switches it off)")
     cutout: int = _f(0, "cutout square size in pixels (0 = off)")
     cache_dir: str | None = _f(None, "prepared-dataset cache (default: ~/.cache/cnnlab)")
+    image_size: int = _f(224, "streamed datasets (imagenet): training crop and evaluation centre-crop size")
+    resize_size: int = _f(256, "streamed datasets: the shorter side is resized to this before the centre crop")
+    workers: int = _f(4, "streamed datasets: DataLoader worker processes")
     # optimisation
     epochs: int = _f(10, "passes over the training split")
     batch_size: int | str = _f(128, "examples per step, or `all` for full-batch gradient descent")
@@ -72,9 +75,10 @@ class TrainConfig:
         from cnnlab.models import model_info
 
         model_info(self.model)  # unknown names list the valid ones
-        need(self.dataset in DATASETS and self.dataset != "imagenet", "dataset",
-             "choose one of: " + ", ".join(d for d in DATASETS if d != "imagenet")
-             + " (ImageNet training arrives with the streaming path in the training engine)")
+        need(self.dataset in DATASETS, "dataset", "choose one of: " + ", ".join(DATASETS))
+        need(self.image_size >= 1 and self.resize_size >= self.image_size, "resize_size",
+             "use a size ≥ --image-size")
+        need(self.workers >= 0, "workers", "use an integer ≥ 0")
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices:

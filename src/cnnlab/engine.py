@@ -3,6 +3,7 @@
 The few things that vary are small objects the loop calls: EarlyStopping, the run folder, the checkpoint writer.
 """
 
+import contextlib
 import math
 import signal
 import sys
@@ -65,13 +66,53 @@ class Data:
     notes: dict = field(default_factory=dict)
 
 
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def _subset(n: int, subset: int | None) -> np.ndarray:
+    """`subset` indices by a fixed shuffle: archives are often sorted by class, and the first N hold one class."""
+    if subset is None or subset >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).permutation(n)[:subset])
+
+
+def build_streamed_data(config: TrainConfig, device: torch.device, dtype=torch.float32) -> Data:
+    """ImageNet-style folders: decoded by DataLoader workers, normalised on the device with ImageNet statistics."""
+    from pathlib import Path
+
+    from cnnlab.data.stream import StreamingImageFolder, StreamLoader
+
+    if config.data is None:
+        raise CnnlabError("dataset imagenet needs --data PATH (the folder holding train/ and val/)")
+    root = Path(config.data).expanduser()
+    sizes = (config.image_size, config.resize_size)
+    train_set = StreamingImageFolder(root / "train", True, *sizes, seed=config.seed)
+    eval_set = StreamingImageFolder(root / "train", False, *sizes)
+    test_set = StreamingImageFolder(root / "val", False, *sizes)
+    if test_set.classes != train_set.classes:
+        raise CnnlabError(f"train and val class folders of {root} differ; both splits need the same classes")
+    keep = _subset(len(train_set), config.subset)
+    train_idx, val_idx = split_train_val(train_set.targets[keep], config.val_split, config.seed)
+    batch = min(FULL_BATCH_CHUNK, len(train_idx)) if config.batch_size == "all" else config.batch_size
+    common = {"device": device, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "dtype": dtype,
+              "channels_last": device.type == "cuda", "workers": config.workers}
+    train = StreamLoader(train_set, keep[train_idx], batch_size=batch, train=True, seed=config.seed, **common)
+    val = StreamLoader(eval_set, keep[val_idx], batch_size=batch, train=False, **common) if len(val_idx) else None
+    test = StreamLoader(test_set, np.arange(len(test_set)), batch_size=batch, train=False, **common)
+    shape = (config.image_size, config.image_size, 3)
+    notes = {"val_size": int(len(val_idx)), "val_seed": config.seed, "augment": "random-resized-crop + flip"}
+    return Data(train, val, test, train_set.classes, "classification", shape, IMAGENET_MEAN, IMAGENET_STD,
+                len(train_idx), notes)
+
+
 def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32) -> Data:
     """Load (cached), take the subset, hold out the stratified validation split, build the three loaders."""
+    if config.dataset == "imagenet":
+        return build_streamed_data(config, device, dtype)
     ds = load_dataset(config.dataset, config.data, labels=config.labels, cache_dir=config.cache_dir)
     x, y = ds.train.images, ds.train.labels
     if config.subset is not None and config.subset < len(y):
-        # A fixed shuffle first: archives are often sorted by class, and the first N would hold one class.
-        keep = np.sort(np.random.default_rng(0).permutation(len(y))[:config.subset])
+        keep = _subset(len(y), config.subset)
         x, y = x[keep], y[keep]
     train_idx, val_idx = split_train_val(y, config.val_split, config.seed)
     is_image = x.dtype == np.uint8
@@ -271,31 +312,37 @@ def _say(run: RunFolder | None, line: str, err: bool = False) -> None:
         run.log(line)
 
 
-def fit(config: TrainConfig, resume: str | None = None, should_stop=None) -> RunFolder:
-    """Train `config` into its run folder (or continue the run in `resume`); return the run folder."""
-    if resume:
-        run = RunFolder.open(resume)
-        checkpoint = load_checkpoint(run.file("last.pt"))
-        epochs = config.epochs if config is not None else None
-        config = run.config()
-        if epochs is not None and epochs != config.epochs:
-            config.epochs = epochs
-            run.file("config.toml").write_text(config.to_toml(), encoding="utf-8")
-        config.validate()
-    else:
-        config.validate()
+def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None) -> RunFolder:
+    """Train `config` into its run folder, or continue the run in `resume` (config may then carry new epochs).
+
+    The run folder is locked for the whole run; a new one is created only after data and model are built, so
+    bad input leaves nothing behind.
+    """
+    with contextlib.ExitStack() as stack:
         run, checkpoint = None, None
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    wall_start = time.perf_counter()
-    data = build_data(config, device)
-    options = model_options(config, data.image_shape, len(data.classes) or 1)
-    model = create_model(**options).to(device)
-    if device.type == "cuda" and options.get("in_channels") and model_info(options["name"]).family in ("vgg",
-                                                                                                     "resnet"):
-        model = model.to(memory_format=torch.channels_last)
-    if run is None:  # created only now, so bad input above leaves no folder behind
-        run = RunFolder.create(config)
+        if resume:
+            run = stack.enter_context(RunFolder.open(resume).lock())
+            checkpoint = load_checkpoint(run.file("last.pt"))
+            epochs = config.epochs if config is not None else None
+            config = run.config()
+            if epochs is not None and epochs != config.epochs:
+                config.epochs = epochs
+                run.file("config.toml").write_text(config.to_toml(), encoding="utf-8")
+        config.validate()
+        device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        wall_start = time.perf_counter()
+        data = build_data(config, device)
+        options = model_options(config, data.image_shape, len(data.classes) or 1)
+        model = create_model(**options).to(device)
+        if device.type == "cuda" and model_info(options["name"]).family in ("vgg", "resnet"):
+            model = model.to(memory_format=torch.channels_last)
+        if run is None:
+            run = stack.enter_context(RunFolder.create(config).lock())
+        return _train(config, run, checkpoint, should_stop, device, wall_start, data, options, model)
+
+
+def _train(config, run, checkpoint, should_stop, device, wall_start, data, options, model) -> RunFolder:
     train_model = torch.compile(model) if config.compile else model
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, 1 if config.batch_size == "all" else len(data.train))
@@ -324,8 +371,8 @@ def fit(config: TrainConfig, resume: str | None = None, should_stop=None) -> Run
              + (f", inside epoch {position['epoch']} at step {position['batch']}" if position else ""))
     else:
         _say(run, f"training {options['name']} ({count_params(model):,} parameters) on {config.dataset}: "
-             f"{data.n_train} train / {data.val.images.shape[0] if data.val else 0} val / "
-             f"{data.test.images.shape[0]} test, {device} → {run.path}")
+             f"{data.n_train} train / {data.val.num_examples if data.val else 0} val / "
+             f"{data.test.num_examples} test, {device} → {run.path}")
 
     columns = METRIC_COLUMNS + (TOP5_COLUMNS if len(data.classes) > 10 else [])
     num_classes = len(data.classes)

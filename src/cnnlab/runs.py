@@ -1,6 +1,8 @@
 """The run folder: resolved config, metrics.csv (the source of truth), checkpoints, summary, log."""
 
+import contextlib
 import csv
+import fcntl
 import json
 import os
 import platform
@@ -41,6 +43,22 @@ class RunFolder:
         if not (path / "config.toml").is_file():
             raise CnnlabError(f"{path} is not a cnnlab run folder (no config.toml)")
         return cls(path)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold an exclusive lock on the folder while training: a second process refuses instead of interleaving."""
+        handle = open(self.file(".lock"), "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise CnnlabError(f"run folder {self.path} is in use by another cnnlab process; wait for it to finish "
+                              "or pick another --out") from None
+        try:
+            yield self
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     def file(self, name: str) -> Path:
         return self.path / name

@@ -132,6 +132,10 @@ class DeviceLoader:
         self.order: torch.Tensor | None = None  # this epoch's order, kept so a checkpoint can resume mid-epoch
         self._resume: tuple[torch.Tensor, int] | None = None
 
+    @property
+    def num_examples(self) -> int:
+        return len(self.images)
+
     def __len__(self) -> int:
         n = len(self.images)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

@@ -239,3 +239,58 @@ def streaming_loader(split_dir: Path, *, train: bool, batch_size: int, workers: 
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=workers > 0,
     )
+
+
+class StreamLoader:
+    """The streaming counterpart of the in-memory DeviceLoader, with the same contract for the training loop.
+
+    Iterates (normalised images on `device`, labels on `device`) over `indices` of a StreamingImageFolder. The
+    epoch order is drawn here from `self.generator` (not by the DataLoader), so a checkpoint can store it and
+    `resume_from` can continue an epoch at a batch; augmentation draws in the workers are not restored by that.
+    """
+
+    def __init__(self, dataset: StreamingImageFolder, indices, *, batch_size: int, device, train: bool, mean, std,
+                 dtype=torch.float32, channels_last: bool = True, workers: int = 4, seed: int = 0,
+                 drop_last: bool = False):
+        from cnnlab.data.loader import to_model_input
+
+        self._to_model_input = to_model_input
+        self.dataset, self.indices = dataset, torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        self.device = torch.device(device)
+        self.labels = torch.as_tensor(dataset.targets[self.indices.numpy()]).to(self.device)
+        self.batch_size, self.train, self.workers, self.drop_last = batch_size, train, workers, drop_last
+        self.mean = torch.tensor(mean, device=self.device)
+        self.std = torch.tensor(std, device=self.device)
+        self.dtype, self.channels_last = dtype, channels_last
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: torch.Tensor | None = None
+        self._resume = None
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.indices)
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def resume_from(self, order: torch.Tensor, batch: int) -> None:
+        self._resume = (order.cpu(), batch)
+
+    def __iter__(self):
+        if self._resume is not None:
+            self.order, first = self._resume
+            self._resume = None
+        else:
+            n = len(self.indices)
+            self.order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
+            first = 0
+        chosen = self.indices[self.order[first * self.batch_size:len(self) * self.batch_size]].tolist()
+        worker_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=chosen, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
+                            generator=torch.Generator().manual_seed(worker_seed))
+        for x, y in loader:
+            x = x.to(self.device, non_blocking=True)
+            yield (self._to_model_input(x, self.mean, self.std, self.dtype, self.channels_last, layout="nchw"),
+                   y.to(self.device, non_blocking=True))
