@@ -17,6 +17,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[test]'
+	@# Debian's chromium renders the HTML report in the browser test (it skips without one).
+	@if ! command -v chromium >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq chromium >/dev/null || \
+				echo "chromium could not be installed: tests/test_report_browser.py will skip"; \
+		else echo "no chromium and no root apt-get: tests/test_report_browser.py will skip"; fi; \
+	fi
 	touch $@
 
 # The real data sets live beside the checkout (see ../shared/datasets/README.md); never copied into the repo.
@@ -41,6 +48,7 @@ test-all: setup
 bench: setup
 	$(PY) benchmarks/bench_data.py --data $(DATA)/cifar10-jpeg.tar.gz
 	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/kill_resume.py --kills 10
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -77,10 +77,11 @@ def _train(args) -> None:
     from cnnlab.engine import fit
 
     if args.resume:
-        epochs = int(args.epochs) if args.epochs is not None else None
         from cnnlab.config import TrainConfig
 
-        config = TrainConfig(epochs=epochs) if epochs is not None else None
+        config = None
+        if args.epochs is not None:  # the one setting a resume may change: train on for more epochs
+            config = TrainConfig.from_dict({"epochs": args.epochs}, "--epochs")
         fit(config, resume=args.resume)
     else:
         fit(config_from_args(args))
@@ -106,6 +107,12 @@ def _predict(args) -> None:
         print(path + ": " + ", ".join(f"{name} {p:.3f}" for name, p in top))
 
 
+def _sweep(args) -> None:
+    from cnnlab.sweep import run_sweep
+
+    run_sweep(args.file, report=not args.no_report)
+
+
 def _si(n: int) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
@@ -113,8 +120,15 @@ def _si(n: int) -> str:
     return str(n)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as the same single `cnnlab: error:` line as every other error."""
+
+    def error(self, message):
+        self.exit(2, f"cnnlab: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnnlab", description=__doc__)
+    parser = _Parser(prog="cnnlab", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -147,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--topk", type=int, default=5)
     predict.set_defaults(run=_predict)
+
+    sweep = commands.add_parser("sweep", help="run a grid of configurations × seeds, then report mean ± std")
+    sweep.add_argument("file", help="a sweep TOML file ([sweep], [base], [[variant]], [grid]); see configs/")
+    sweep.add_argument("--no-report", action="store_true", help="only run; skip the report at the end")
+    sweep.set_defaults(run=_sweep)
+
+    from cnnlab.report.command import add_report_parser
+
+    add_report_parser(commands)
 
     data = commands.add_parser("data", help="inspect and prepare datasets").add_subparsers(
         dest="data_command", required=True, metavar="ACTION")

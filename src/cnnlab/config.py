@@ -4,6 +4,7 @@ Precedence: dataclass defaults < `--config FILE` < explicit command-line flags. 
 `validate()`, and names the field and what it allows.
 """
 
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -91,7 +92,9 @@ class TrainConfig:
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,
                  "use a finite number ≥ 0")
-        need(self.lr > 0, "lr", "use a finite number > 0")
+        need(0 < self.lr <= 1e6, "lr", "use a number in (0, 1e6]")
+        need(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "use an integer in [0, 2**63)")
+        need(self.warmup_epochs <= self.epochs, "warmup_epochs", "use at most --epochs")
         need(0 <= self.momentum < 1, "momentum", "use a number in [0, 1)")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "use a number in [0, 1)")
         need(0 <= self.val_split < 1, "val_split", "use a fraction in [0, 1)")
@@ -123,6 +126,10 @@ class TrainConfig:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise CnnlabError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise CnnlabError(f"config file {path} is a folder; pass a .toml file") from None
+        except OSError as e:
+            raise CnnlabError(f"cannot read config file {path} ({e.strerror or e})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise CnnlabError(f"{path} is not valid TOML ({e})") from None
         values.pop("cnnlab", None)  # provenance table written by to_toml
@@ -146,13 +153,13 @@ def _toml_value(value) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    # JSON's escapes are valid in TOML basic strings; TOML also forbids a raw DEL.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _coerce(f, value, origin: str):
     """Turn a TOML or command-line value into the field's type; one clear line if it does not fit."""
-    kind = f.type if isinstance(f.type, str) else str(f.type)
+    kind = f.type.__name__ if isinstance(f.type, type) else str(f.type)  # "float", "list[int] | None"…
     try:
         if value is None:
             return None
@@ -179,8 +186,10 @@ def _coerce(f, value, origin: str):
         return str(value)
     except (TypeError, ValueError):
         expected = {"int | str": "positive integer or `all`", "list[int] | None": "list of integers such as 256,128",
-                    "list[int]": "list of integers such as 30,60"}.get(kind, kind.replace(" | None", ""))
-        raise CnnlabError(f"{origin}: {value!r} is not a valid {expected}") from None
+                    "list[int]": "list of integers such as 30,60", "int": "integer", "int | None": "integer",
+                    "float": "number", "float | None": "number", "bool": "true or false",
+                    "bool | None": "true or false"}.get(kind, kind.replace(" | None", ""))
+        raise CnnlabError(f"{origin}: {f.name} = {value!r} is not a valid {expected}") from None
 
 
 def _int(value) -> int:

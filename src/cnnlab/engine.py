@@ -5,134 +5,24 @@ The few things that vary are small objects the loop calls: EarlyStopping, the ru
 
 import contextlib
 import math
-import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cnnlab.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.config import TrainConfig
-from cnnlab.data import load_dataset, split_train_val
-from cnnlab.data.loader import DeviceLoader, augment_preset, channel_stats
-from cnnlab.early_stopping import EarlyStopping
+from cnnlab.data.loader import DeviceLoader
 from cnnlab.errors import CnnlabError
+from cnnlab.early_stopping import EarlyStopping
+from cnnlab.interrupt import StopRequest
 from cnnlab.models import count_params, create_model, model_info
 from cnnlab.optim import build_optimizer, build_scheduler
+from cnnlab.progress import Progress
 from cnnlab.runs import METRIC_COLUMNS, TOP5_COLUMNS, RunFolder, environment
-
-FULL_BATCH_CHUNK = 1024  # full-batch GD accumulates the exact mean gradient over chunks of this size
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(name)
-
-
-def model_options(config: TrainConfig, image_shape: tuple, num_classes: int) -> dict:
-    """The registry options for this config and data: small images get the CIFAR head/stem unless told otherwise."""
-    spec = model_info(config.model)
-    small = len(image_shape) == 3 and image_shape[0] <= 64
-    options = {"head": config.head or ("cifar" if small else "imagenet"),
-               "stem": config.stem or ("cifar" if small else "imagenet"),
-               "dropout": config.dropout, "hidden": config.hidden, "activation": config.activation,
-               "batch_norm": config.batch_norm}
-    if len(image_shape) == 1:
-        options["in_features"] = image_shape[0]
-    options = {k: v for k, v in options.items() if k in spec.options and v is not None}
-    size = image_shape[0] if len(image_shape) == 3 else 1
-    channels = image_shape[2] if len(image_shape) == 3 else 1
-    return {"name": spec.name, "num_classes": num_classes, "in_channels": channels, "image_size": size, **options}
-
-
-@dataclass
-class Data:
-    train: DeviceLoader
-    val: DeviceLoader | None
-    test: DeviceLoader
-    classes: list[str]
-    task: str
-    image_shape: tuple
-    mean: list | None
-    std: list | None
-    n_train: int
-    notes: dict = field(default_factory=dict)
-
-
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def _subset(n: int, subset: int | None) -> np.ndarray:
-    """`subset` indices by a fixed shuffle: archives are often sorted by class, and the first N hold one class."""
-    if subset is None or subset >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(0).permutation(n)[:subset])
-
-
-def build_streamed_data(config: TrainConfig, device: torch.device, dtype=torch.float32) -> Data:
-    """ImageNet-style folders: decoded by DataLoader workers, normalised on the device with ImageNet statistics."""
-    from pathlib import Path
-
-    from cnnlab.data.stream import StreamingImageFolder, StreamLoader
-
-    if config.data is None:
-        raise CnnlabError("dataset imagenet needs --data PATH (the folder holding train/ and val/)")
-    root = Path(config.data).expanduser()
-    sizes = (config.image_size, config.resize_size)
-    train_set = StreamingImageFolder(root / "train", True, *sizes, seed=config.seed)
-    eval_set = StreamingImageFolder(root / "train", False, *sizes)
-    test_set = StreamingImageFolder(root / "val", False, *sizes)
-    if test_set.classes != train_set.classes:
-        raise CnnlabError(f"train and val class folders of {root} differ; both splits need the same classes")
-    keep = _subset(len(train_set), config.subset)
-    train_idx, val_idx = split_train_val(train_set.targets[keep], config.val_split, config.seed)
-    batch = min(FULL_BATCH_CHUNK, len(train_idx)) if config.batch_size == "all" else config.batch_size
-    common = {"device": device, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "dtype": dtype,
-              "channels_last": device.type == "cuda", "workers": config.workers}
-    train = StreamLoader(train_set, keep[train_idx], batch_size=batch, train=True, seed=config.seed, **common)
-    val = StreamLoader(eval_set, keep[val_idx], batch_size=batch, train=False, **common) if len(val_idx) else None
-    test = StreamLoader(test_set, np.arange(len(test_set)), batch_size=batch, train=False, **common)
-    shape = (config.image_size, config.image_size, 3)
-    notes = {"val_size": int(len(val_idx)), "val_seed": config.seed, "augment": "random-resized-crop + flip"}
-    return Data(train, val, test, train_set.classes, "classification", shape, IMAGENET_MEAN, IMAGENET_STD,
-                len(train_idx), notes)
-
-
-def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32) -> Data:
-    """Load (cached), take the subset, hold out the stratified validation split, build the three loaders."""
-    if config.dataset == "imagenet":
-        return build_streamed_data(config, device, dtype)
-    ds = load_dataset(config.dataset, config.data, labels=config.labels, cache_dir=config.cache_dir)
-    x, y = ds.train.images, ds.train.labels
-    if config.subset is not None and config.subset < len(y):
-        keep = _subset(len(y), config.subset)
-        x, y = x[keep], y[keep]
-    train_idx, val_idx = split_train_val(y, config.val_split, config.seed)
-    is_image = x.dtype == np.uint8
-    mean, std = channel_stats(x[train_idx]) if is_image else (None, None)
-    augment = augment_preset(config.augment or (ds.name if ds.name in ("cifar10", "cifar100", "tinyimagenet",
-                                                                        "mnist") else "none"))
-    if config.cutout:
-        augment = augment_preset(config.augment or "none", cutout=config.cutout) if config.augment else \
-            type(augment)(augment.crop_padding, augment.flip, config.cutout)
-    full = config.batch_size == "all"
-    batch = min(FULL_BATCH_CHUNK, len(train_idx)) if full else config.batch_size
-    eval_batch = max(batch, 512)
-    common = {"device": device, "mean": mean, "std": std, "dtype": dtype,
-              "channels_last": device.type == "cuda"}
-    train = DeviceLoader(x[train_idx], y[train_idx], batch_size=batch, train=True,
-                         augment=augment if is_image else augment_preset("none"), seed=config.seed, **common)
-    val = DeviceLoader(x[val_idx], y[val_idx], batch_size=eval_batch, **common) if len(val_idx) else None
-    test = DeviceLoader(ds.test.images, ds.test.labels, batch_size=eval_batch, **common)
-    notes = dict(ds.notes, val_size=int(len(val_idx)), val_seed=config.seed, augment=str(augment))
-    return Data(train, val, test, ds.classes, ds.task, tuple(x.shape[1:]), mean, std, len(train_idx), notes)
+from cnnlab.prepare import Data, build_data, model_options, resolve_device
 
 
 def loss_fn(task: str, label_smoothing: float = 0.0):
@@ -174,61 +64,6 @@ class Sums:
         self.correct.fill_(state["correct"])
         self.top5.fill_(state["top5"])
         self.n = state["n"]
-
-
-class StopRequest:
-    """Set by SIGINT/SIGTERM (or a test's `should_stop`); the loop checks it after every step."""
-
-    def __init__(self, should_stop=None):
-        self.requested, self.signal_name, self.should_stop = False, None, should_stop
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay with their owner
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        self.requested, self.signal_name = True, signal.Signals(signum).name
-
-    def check(self, epoch, step) -> bool:
-        if not self.requested and self.should_stop is not None and self.should_stop(epoch, step):
-            self.requested, self.signal_name = True, "stop request"
-        return self.requested
-
-
-class Progress:
-    """A tqdm bar in a terminal; otherwise a plain line every quarter epoch (safe under nohup, CI, pipes)."""
-
-    def __init__(self, total, epoch, epochs, log):
-        self.total, self.log, self.count, self.start = total, log, 0, time.perf_counter()
-        self.prefix = f"epoch {epoch}/{epochs}"
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=self.prefix, leave=False, dynamic_ncols=True)
-
-    def update(self, images, sums=None):
-        self.count += 1
-        elapsed = time.perf_counter() - self.start
-        if self.bar is not None:
-            self.bar.update(1)
-            if sums is not None and self.count % 10 == 0:
-                self.bar.set_postfix(loss=f"{float(sums.loss) / max(sums.n, 1):.3f}", img_s=f"{images / elapsed:.0f}")
-        elif self.total >= 50 and self.count % max(1, self.total // 4) == 0 and self.count < self.total:
-            self.log(f"{self.prefix} step {self.count}/{self.total} {images / elapsed:.0f} img/s")
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 def train_one_epoch(model, data: Data, optimizer, scheduler, criterion, autocast, config: TrainConfig, epoch: int,
@@ -319,30 +154,39 @@ def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None)
     bad input leaves nothing behind.
     """
     with contextlib.ExitStack() as stack:
-        run, checkpoint = None, None
+        run, checkpoint, rewrite_config = None, None, False
         if resume:
             run = stack.enter_context(RunFolder.open(resume).lock())
             checkpoint = load_checkpoint(run.file("last.pt"))
+            missing = [k for k in ("model", "optimizer", "scheduler", "rng", "epoch", "position") if k not in checkpoint]
+            if missing:
+                raise CnnlabError(f"{run.file('last.pt')} is not a cnnlab checkpoint for training "
+                                  f"(no {missing[0]!r}); it cannot be resumed")
             epochs = config.epochs if config is not None else None
             config = run.config()
             if epochs is not None and epochs != config.epochs:
                 config.epochs = epochs
-                run.file("config.toml").write_text(config.to_toml(), encoding="utf-8")
+                rewrite_config = True  # written by _train once the run's files have passed their checks
         config.validate()
         device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         wall_start = time.perf_counter()
         data = build_data(config, device)
         options = model_options(config, data.image_shape, len(data.classes) or 1)
-        model = create_model(**options).to(device)
+        try:
+            model = create_model(**options).to(device)
+        except (MemoryError, RuntimeError) as e:  # e.g. --hidden 100000000000
+            raise CnnlabError(f"cannot build {options['name']}: not enough memory for its layers "
+                              f"({str(e).splitlines()[0][:80]}); use smaller --hidden sizes or another model") from None
         if device.type == "cuda" and model_info(options["name"]).family in ("vgg", "resnet"):
             model = model.to(memory_format=torch.channels_last)
         if run is None:
             run = stack.enter_context(RunFolder.create(config).lock())
-        return _train(config, run, checkpoint, should_stop, device, wall_start, data, options, model)
+        return _train(config, run, checkpoint, should_stop, device, wall_start, data, options, model, rewrite_config)
 
 
-def _train(config, run, checkpoint, should_stop, device, wall_start, data, options, model) -> RunFolder:
+def _train(config, run, checkpoint, should_stop, device, wall_start, data, options, model,
+           rewrite_config=False) -> RunFolder:
     train_model = torch.compile(model) if config.compile else model
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, 1 if config.batch_size == "all" else len(data.train))
@@ -367,6 +211,8 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
         position = checkpoint["position"]
         start_epoch = checkpoint["epoch"] + 1
         run.truncate_metrics(checkpoint["epoch"])
+        if rewrite_config:
+            run.file("config.toml").write_text(config.to_toml(), encoding="utf-8")
         _say(run, f"resuming {run.path} after epoch {checkpoint['epoch']}"
              + (f", inside epoch {position['epoch']} at step {position['batch']}" if position else ""))
     else:
@@ -409,7 +255,8 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
                    "train_top5": train_result.get("top5"), "val_loss": val_result.get("loss"),
                    "val_acc": val_result.get("acc"), "val_top5": val_result.get("top5"), "lr": lr,
                    "epoch_seconds": time.perf_counter() - epoch_start,
-                   "images_per_second": sums.n / train_seconds}
+                   "images_per_second": sums.n / train_seconds, "step": scheduler.last_epoch}
+            row["elapsed_seconds"] = row["epoch_seconds"] + sum(float(r["epoch_seconds"]) for r in run.metrics())
             run.append_metrics(row, columns)
             last_epoch = epoch
             _say(run, f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.4f}"
@@ -449,8 +296,9 @@ def finish(run, config, model, data, options, best, stop_reason, epochs_run, wal
                "val_size": data.notes.get("val_size"), "wall_seconds": round(wall, 2)}
     rows = run.metrics()
     if rows:
+        # All images over all training seconds (a harmonic mean): a slow first epoch counts for its real time.
         ips = [float(r["images_per_second"]) for r in rows if r["images_per_second"]]
-        summary["images_per_second"] = round(sum(ips) / len(ips), 1)
+        summary["images_per_second"] = round(len(ips) / sum(1 / v for v in ips), 1)
     if run.file("best.pt").is_file():
         model.load_state_dict(load_checkpoint(run.file("best.pt"), device)["model"])
         test = evaluate(model, data.test, data.task, len(data.classes), autocast)

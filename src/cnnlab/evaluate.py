@@ -1,6 +1,7 @@
 """`cnnlab eval` and `cnnlab predict`: a run's best checkpoint on a split, or on image files."""
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,8 @@ import torch
 
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
-from cnnlab.engine import build_data, evaluate, resolve_device
+from cnnlab.engine import evaluate
+from cnnlab.prepare import build_data, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 
@@ -30,7 +32,11 @@ def load_model(target, device="cpu"):
         if key not in checkpoint:
             raise CnnlabError(f"{target} is not a cnnlab checkpoint (no {key!r}); cnnlab eval needs one it wrote")
     model = create_model(**checkpoint["model_options"])
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+        raise CnnlabError(f"{target}: the saved weights do not fit its model ({first})") from None
     return model.to(device).eval(), checkpoint
 
 
@@ -61,6 +67,9 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
 
         result["confusion_png"] = str(save_confusion(confusion, loaders.classes,
                                                      out_dir / f"confusion_{split}.png"))
+        result["confusion"] = confusion.tolist()
+        # Reports read per-class accuracy from here; they never load checkpoints.
+        (out_dir / f"eval_{split}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
 
 
@@ -68,6 +77,8 @@ def predict(target, images: list, topk: int = 5) -> list[tuple[str, list[tuple[s
     """Top-k classes with probabilities for image files, preprocessed as the run's data was."""
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise CnnlabError(f"--topk must be a positive integer, got {topk!r}")
     model, checkpoint = load_model(target)
     if checkpoint.get("task") != "classification":
         raise CnnlabError("predict needs a classification run")

@@ -3,6 +3,7 @@
 import contextlib
 import csv
 import fcntl
+import io
 import json
 import os
 import platform
@@ -17,7 +18,7 @@ from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
-                  "images_per_second"]
+                  "images_per_second", "step", "elapsed_seconds"]  # cumulative optimizer steps and seconds
 TOP5_COLUMNS = ["train_top5", "val_top5"]
 
 
@@ -28,26 +29,40 @@ class RunFolder:
     @classmethod
     def create(cls, config: TrainConfig) -> "RunFolder":
         path = Path(config.out or f"runs/{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if path.exists() and not path.is_dir():
+            raise CnnlabError(f"--out {path} is a file, not a folder; pick another --out")
         if path.exists() and any(path.iterdir()):
             raise CnnlabError(f"run folder {path} already exists and is not empty; pick another --out, "
                               f"or continue it with --resume {path}")
-        path.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
         config.out = str(path)
-        run = cls(path)
-        (path / "config.toml").write_text(config.to_toml(), encoding="utf-8")
-        return run
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            _write_atomically(path / "config.toml", config.to_toml())
+        except OSError as e:
+            if created:  # leave nothing behind
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            raise CnnlabError(f"cannot create run folder {path} ({e.strerror or e}); pick another --out") from None
+        return cls(path)
 
     @classmethod
     def open(cls, path) -> "RunFolder":
         path = Path(path)
+        if not path.exists():
+            raise CnnlabError(f"run folder {path} does not exist; check the path (cnnlab train --resume RUN_DIR)")
+        if not path.is_dir():
+            raise CnnlabError(f"{path} is a file, not a run folder; pass the folder that holds config.toml")
         if not (path / "config.toml").is_file():
-            raise CnnlabError(f"{path} is not a cnnlab run folder (no config.toml)")
+            raise CnnlabError(f"{path} is not a cnnlab run folder (no config.toml); a run stopped before it wrote "
+                              "config.toml cannot be resumed: start it again with cnnlab train")
         return cls(path)
 
     @contextlib.contextmanager
     def lock(self):
         """Hold an exclusive lock on the folder while training: a second process refuses instead of interleaving."""
-        handle = open(self.file(".lock"), "a+")
+        with self._writing(".lock"):
+            handle = open(self.file(".lock"), "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -63,6 +78,17 @@ class RunFolder:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    @contextlib.contextmanager
+    def _writing(self, name: str):
+        """Turn a failed write (disk full, read-only folder) into one line naming the file and what to do."""
+        try:
+            yield
+        except OSError as e:
+            then = (f"continue with: cnnlab train --resume {self.path}" if self.file("last.pt").is_file()
+                    else "start the run again")
+            raise CnnlabError(f"cannot write {self.file(name)} ({e.strerror or e}); free some disk space or make "
+                              f"{self.path} writable, then {then}") from None
+
     def config(self) -> TrainConfig:
         return TrainConfig.from_toml(self.file("config.toml"))
 
@@ -71,41 +97,82 @@ class RunFolder:
         path = self.file("metrics.csv")
         if not path.is_file():
             return []
-        with open(path, newline="") as f:
-            return [dict(row) for row in csv.DictReader(f)]
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                return [dict(row) for row in csv.DictReader(f)]
+        except (UnicodeDecodeError, csv.Error, OSError) as e:
+            raise CnnlabError(f"{path} is damaged and cannot be read ({type(e).__name__}); restore it from a copy, "
+                              "or start a new run") from None
 
     def append_metrics(self, row: dict, columns: list[str]) -> None:
         path = self.file("metrics.csv")
         new = not path.is_file()
-        with open(path, "a", newline="") as f:
+        with self._writing("metrics.csv"), open(path, "a", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow({k: _fmt(row.get(k)) for k in columns})
 
     def truncate_metrics(self, epochs: int) -> None:
-        """Keep the first `epochs` rows (a resumed run rewrites what came after its checkpoint)."""
-        rows = self.metrics()
-        if len(rows) <= epochs:
-            return
+        """Keep the first `epochs` rows (a resumed run rewrites what came after its checkpoint).
+
+        Those rows must be intact: a row cut off by a kill after the checkpoint is dropped, but a file that lost
+        rows the checkpoint counts on, or holds something else, is refused rather than continued with gaps.
+        """
         path = self.file("metrics.csv")
-        with open(path, newline="") as f:
-            columns = next(csv.reader(f))
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows[:epochs])
-        os.replace(tmp, path)
+        rows = self.metrics()
+        problem = None
+        if len(rows) < epochs:
+            problem = f"it has {len(rows)} rows"
+        else:
+            for i, row in enumerate(rows[:epochs], start=1):
+                if row.get("epoch") != str(i) or None in row or not all(map(_is_number, row.values())):
+                    problem = f"row {i} is not the complete row of epoch {i}"
+                    break
+        if problem:
+            raise CnnlabError(f"{path} is damaged: {problem}, but last.pt was saved after epoch {epochs}; restore "
+                              f"the file, or start a new run with: cnnlab train --config {self.file('config.toml')} "
+                              "--out NEW_FOLDER")
+        if epochs == 0:  # nothing to keep (a header cut off by a kill included): the next append starts afresh
+            with self._writing("metrics.csv"):
+                path.unlink(missing_ok=True)
+            return
+        if len(rows) == epochs and path.read_bytes().endswith(b"\n"):
+            return
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))  # the header's names, in order
+        writer.writeheader()
+        writer.writerows(rows[:epochs])
+        with self._writing("metrics.csv"):
+            _write_atomically(path, text.getvalue())
 
     def log(self, line: str) -> None:
-        with open(self.file("log.txt"), "a", encoding="utf-8") as f:
+        with self._writing("log.txt"), open(self.file("log.txt"), "a", encoding="utf-8") as f:
             f.write(line.rstrip("\n") + "\n")
 
     def write_summary(self, summary: dict) -> None:
-        tmp = self.file("summary.json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, self.file("summary.json"))
+        with self._writing("summary.json"):
+            _write_atomically(self.file("summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A kill or a full disk mid-write leaves the old version (or none), never half of the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _is_number(text) -> bool:
+    """A metrics.csv cell: a number, or empty for a metric the run does not have (accuracy of a regression)."""
+    try:
+        return text == "" or float(text) is not None
+    except (TypeError, ValueError):
+        return False
 
 
 def _fmt(value):

@@ -2,10 +2,7 @@
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files, not windows: works headless, under nohup and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # not pyplot: no global backend switch, so a notebook keeps its own
 
 
 def _series(rows, key):
@@ -16,7 +13,8 @@ def _series(rows, key):
 def save_curves(rows: list[dict], path: Path, title: str = "") -> Path:
     """Two panels — loss, and accuracy when there is one — train dashed, validation solid."""
     has_acc = any(r.get("train_acc") not in (None, "") for r in rows)
-    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 4), squeeze=False)
+    fig = Figure(figsize=(10 if has_acc else 5.5, 4))
+    axes = fig.subplots(1, 2 if has_acc else 1, squeeze=False)
     panels = [("loss", axes[0][0])] + ([("acc", axes[0][1])] if has_acc else [])
     for metric, ax in panels:
         for split, style in (("train", "--"), ("val", "-")):
@@ -31,7 +29,6 @@ def save_curves(rows: list[dict], path: Path, title: str = "") -> Path:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -42,7 +39,8 @@ def save_confusion(confusion, classes: list[str], path: Path) -> Path:
     k = len(classes)
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     size = min(14, 3 + 0.45 * k)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if k <= 20:
         ax.set_xticks(range(k), classes, rotation=60, ha="right")
@@ -57,5 +55,4 @@ def save_confusion(confusion, classes: list[str], path: Path) -> Path:
     ax.set_title(f"confusion matrix (accuracy {accuracy:.3f})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)

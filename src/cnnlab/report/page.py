@@ -11,9 +11,10 @@ import io
 import time
 from pathlib import Path
 
+from cnnlab.errors import CnnlabError
 from cnnlab.report.compare import (GROUP_IGNORED, IDENTITY, IGNORED, Stat, best_run, differing_fields,
-                                   factor_figures, format_value, group_runs, grouped_table, plot_runs,
-                                   primary_metric, results_table)
+                                   format_value, group_runs, grouped_table, primary_metric, results_table)
+from cnnlab.report.plots import factor_figures, plot_runs
 from cnnlab.report.runs import load_runs
 
 HEADERS = {"best_val_acc": "best val acc", "best_val_loss": "best val loss", "test_top1": "test top-1",
@@ -24,11 +25,12 @@ FORMATS = {"best_val_acc": ".4f", "test_top1": ".4f", "test_top5": ".4f", "best_
            "images_per_second": ",.0f"}
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 0; background: #fff; }
-main { max-width: 1200px; margin: 0 auto; padding: 16px 24px 48px; }
+main { max-width: 1400px; margin: 0 auto; padding: 16px 24px 48px; }
 h1 { font-size: 22px; margin: 8px 0 4px; } h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 8px 0 12px; font-size: 13px; }
-th, td { border: 1px solid #d0d0d0; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f2f4f7; } tr:nth-child(even) td { background: #fafafa; }
+table { border-collapse: collapse; margin: 8px 0 12px; font-size: 12.5px; width: max-content; }
+th, td { border: 1px solid #d0d0d0; padding: 3px 6px; text-align: left; vertical-align: top; }
+th { background: #f2f4f7; white-space: nowrap; } tr:nth-child(even) td { background: #fafafa; }
+td { max-width: 22em; } td:first-child { white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .scroll { overflow-x: auto; } img { max-width: 100%; height: auto; display: block; margin: 6px 0 14px; }
 img.square { max-width: min(100%, 640px); }
@@ -40,6 +42,8 @@ def write_report(runs, out_dir) -> Path:
     """Write out_dir/index.html (self-contained) and out_dir/results.md (+ its PNGs); return the index.html path."""
     runs = load_runs(runs)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CnnlabError(f"{out} is a file; give -o a folder for index.html and results.md")
     out.mkdir(parents=True, exist_ok=True)
     blocks = report_blocks(runs)
     images = {b[1]: b[2] for b in blocks if b[0] == "img"}
@@ -62,7 +66,14 @@ def report_blocks(runs) -> list[tuple]:
                     "metrics.csv and summary.json (never from checkpoints).")]
     blocks += [("h2", "Curves"),
                ("img", "curves.png", png(plot_runs(runs, "val_acc" if metric == "best_val_acc" else "val_loss")),
-                "loss and accuracy per epoch for every run, train dashed, validation solid")]
+                "training curves per epoch for every run, train dashed, validation solid")]
+    if len({str(r.config.get("batch_size")) for r in runs}) > 1:
+        # Different batch sizes take different numbers of steps per epoch: compare per step and per second too.
+        curve_metric = "val_acc" if metric == "best_val_acc" else "val_loss"
+        blocks += [("img", "curves_step.png", png(plot_runs(runs, curve_metric, x="step")),
+                    "the same curves against optimizer steps"),
+                   ("img", "curves_time.png", png(plot_runs(runs, curve_metric, x="elapsed_seconds")),
+                    "the same curves against training seconds")]
     blocks += [("h2", "Results"), ("table", results_table(runs)),
                ("p", "Columns between dataset and parameters are the settings that differ between the runs "
                      f"({', '.join(IGNORED)} are not compared). Best val acc and loss are the best epoch's, from "

@@ -1,0 +1,238 @@
+"""The comparison report, checked on real tiny runs: 2 configs × 2 seeds of an MLP on a CIFAR-like folder."""
+
+import argparse
+import base64
+import csv
+import io
+import json
+import re
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
+from PIL import Image
+
+from cnnlab.config import TrainConfig
+from cnnlab.engine import fit
+from cnnlab.errors import CnnlabError
+from cnnlab.report.command import add_report_parser, report_main
+from cnnlab.report.compare import best_run, factors, group_runs, grouped_table, primary_metric, results_table
+from cnnlab.report.page import write_report
+from cnnlab.report.plots import factor_figures, plot_runs
+from cnnlab.report.runs import Run, load_run
+from data_fixtures import write_image_folder
+
+CONFIGS = {"a": {"hidden": [16], "lr": 0.05}, "b": {"hidden": [32], "lr": 0.1}}
+SEEDS = (0, 1)
+
+
+def make_sweep(root: Path) -> Path:
+    """root/sweep/<config>-s<seed>: four finished runs; the best one (by validation) also evaluated, as eval does."""
+    from cnnlab.evaluate import evaluate_run
+
+    tree, _ = write_image_folder(root / "tree", per_class=4)
+    sweep = root / "sweep"
+    for name, options in CONFIGS.items():
+        for seed in SEEDS:
+            fit(TrainConfig(model="mlp", dataset="cifar10", data=str(tree), cache_dir=str(root / "cache"),
+                            epochs=2, batch_size=16, val_split=0.25, seed=seed, out=str(sweep / f"{name}-s{seed}"),
+                            **options))
+    best = best_run([sweep])
+    result = evaluate_run(best.path)  # writes confusion_test.png into the run folder
+    (best.path / "eval_test.json").write_text(json.dumps(result))
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return make_sweep(tmp_path_factory.mktemp("report"))
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("linreg") / "run"
+    fit(TrainConfig(model="linreg", dataset="synthetic-linear", batch_size=50, epochs=3, lr=0.05, momentum=0.0,
+                    seed=3, out=str(out)))
+    return out
+
+
+def summaries(sweep: Path) -> dict:
+    return {p.name: json.loads((p / "summary.json").read_text()) for p in sorted(sweep.iterdir())}
+
+
+def best_val_acc(run: Path) -> float:
+    with open(run / "metrics.csv", newline="") as f:
+        return max(float(r["val_acc"]) for r in csv.DictReader(f))
+
+
+def test_results_table_has_the_differing_hyperparameters_and_the_summaries_numbers(sweep):
+    rows = results_table([sweep])
+    assert [r["run"] for r in rows] == ["a-s0", "a-s1", "b-s0", "b-s1"]
+    keys = list(rows[0])
+    # out, data and cache_dir differ or could, but say where things live, not what was trained
+    assert keys[keys.index("dataset") + 1:keys.index("parameters")] == ["hidden", "lr", "seed"]
+    assert [(r["hidden"], r["lr"], r["seed"]) for r in rows] == [([16], 0.05, 0), ([16], 0.05, 1),
+                                                                  ([32], 0.1, 0), ([32], 0.1, 1)]
+    for row in rows:
+        s = summaries(sweep)[row["run"]]
+        assert (row["model"], row["dataset"], row["parameters"], row["test_top1"], row["epochs"]) == \
+            ("mlp", "cifar10", s["parameters"], s["test_top1"], s["epochs_run"])
+        assert (row["wall_seconds"], row["images_per_second"], row["device"]) == \
+            (s["wall_seconds"], s["images_per_second"], s["device"])
+        assert row["best_val_acc"] == pytest.approx(best_val_acc(sweep / row["run"]))
+
+
+def test_seed_groups_give_mean_and_sample_std_by_hand(sweep):
+    groups = group_runs([sweep])
+    assert [[r.name for r in g.runs] for g in groups] == [["a-s0", "a-s1"], ["b-s0", "b-s1"]]
+    assert factors(groups) == ["hidden", "lr"]
+    table = grouped_table([sweep])
+    s = summaries(sweep)
+    for row, name in zip(table, "ab"):
+        assert (row["hidden"], row["lr"], row["n"], row["seeds"]) == (CONFIGS[name]["hidden"], CONFIGS[name]["lr"],
+                                                                      2, [0, 1])
+        for metric, values in (("test_top1", [s[f"{name}-s{k}"]["test_top1"] for k in SEEDS]),
+                               ("wall_seconds", [s[f"{name}-s{k}"]["wall_seconds"] for k in SEEDS]),
+                               ("best_val_acc", [best_val_acc(sweep / f"{name}-s{k}") for k in SEEDS])):
+            mean = (values[0] + values[1]) / 2
+            std = ((values[0] - mean) ** 2 + (values[1] - mean) ** 2) ** 0.5  # √(Σ(x − x̄)² / (n − 1)), n = 2
+            assert (row[metric].mean, row[metric].std, row[metric].n) == pytest.approx((mean, std, 2)), metric
+        assert row["test_top5"] is None  # 10 classes: no top-5 column anywhere
+
+
+def test_plot_runs_draws_one_line_per_run_and_split(sweep, regression_run):
+    fig = plot_runs([sweep])
+    assert isinstance(fig, Figure)
+    accuracy, loss = fig.axes
+    for ax in (accuracy, loss):
+        assert len(ax.lines) == 4 * 2
+        assert sorted(line.get_linestyle() for line in ax.lines) == ["-"] * 4 + ["--"] * 4
+        assert len({line.get_color() for line in ax.lines}) == 4  # one colour per run
+    assert accuracy.get_ylabel() == "accuracy" and loss.get_ylabel() == "loss"
+    assert fig._repr_png_().startswith(b"\x89PNG")  # what Jupyter calls to show it inline, whatever the backend
+    # regression: no accuracy panel, only the loss
+    (ax,) = plot_runs([regression_run]).axes
+    assert ax.get_ylabel() == "loss" and len(ax.lines) == 2
+
+
+def test_write_report_is_self_contained(sweep, tmp_path):
+    index = write_report([sweep], tmp_path / "report")
+    assert index == tmp_path / "report" / "index.html"
+    text = index.read_text()
+    assert not re.search(r"https?://", text, re.I)
+    assert not re.search(r"<script|<link|<iframe|url\(|@import|src=\"(?!data:)", text, re.I)
+    sources = re.findall(r'<img src="([^"]*)"', text)
+    # curves, one bar chart for hidden and lr (changed together: the same bars), the best run's confusion matrix
+    assert len(sources) == 1 + 1 + 1
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
+            assert im.format == "PNG" and min(im.size) > 100
+    assert "Mean ± std over seeds" in text and "airplane" in text  # the grouped table, per-class accuracy
+
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert "| run | model | dataset | hidden | lr | seed | parameters | best val acc |" in md
+    assert "| model | dataset | hidden | lr | n | seeds |" in md
+    assert re.search(r"\| mlp \| cifar10 \| 16 \| 0.05 \| 2 \| 0, 1 \| [\d,]+ ± 0 \| \d\.\d{4} ± \d\.\d{4} \|", md)
+    for name in re.findall(r"\]\(([^)]+\.png)\)", md):  # the Markdown links the PNGs written beside it
+        assert (tmp_path / "report" / name).is_file()
+
+
+def test_single_seeds_regression_and_missing_eval_files_are_reported_with_notes(sweep, regression_run, tmp_path):
+    # A folder name that needs escaping, and a best run without confusion_test.png or eval_test.json.
+    odd = tmp_path / 'x<b>&"y'
+    shutil.copytree(sweep / "a-s0", odd, ignore=shutil.ignore_patterns("*.pt", "confusion_*", "eval_*"))
+    text = write_report([odd, regression_run], tmp_path / "report").read_text()
+    assert "x&lt;b&gt;&amp;&quot;y" in text and "<b>" not in text
+    assert "Mean ± std over seeds" not in text  # every group holds one run
+    assert "No confusion matrix" in text and "No per-class accuracy" in text
+    # The curves (per epoch, and per step and per second as the batch sizes differ); bar charts belong to groups.
+    assert len(re.findall(r"<img ", text)) == 3 and "factor_" not in text
+    assert best_run([regression_run]).name == "run" and primary_metric([regression_run]) == "best_val_loss"
+    rows = results_table([regression_run])
+    assert rows[0]["best_val_acc"] is None and rows[0]["test_top1"] is None and rows[0]["test_loss"] > 0
+
+
+def test_cli_command_expands_a_sweep_folder_and_skips_unfinished_runs(sweep, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for name in ("a-s0", "b-s1"):
+        shutil.copytree(sweep / name, runs / name, ignore=shutil.ignore_patterns("*.pt"))
+    (runs / "still-running").mkdir()
+    shutil.copy(sweep / "a-s0" / "config.toml", runs / "still-running")
+    parser = argparse.ArgumentParser(prog="cnnlab")
+    add_report_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", str(runs), "-o", str(tmp_path / "out")])
+    args.run(args)
+    assert "index.html" in capsys.readouterr().out
+    text = (tmp_path / "out" / "index.html").read_text()
+    assert "2 runs" in text and "skipped" in text and "still-running" in text
+    assert report_main([runs / "a-s0"], tmp_path / "one") == tmp_path / "one"
+
+
+def test_a_folder_that_is_not_a_run_is_one_clear_error(sweep, tmp_path):
+    with pytest.raises(CnnlabError, match="neither a cnnlab run folder"):
+        report_main([tmp_path], tmp_path / "out")
+    with pytest.raises(CnnlabError, match="does not exist"):
+        report_main([tmp_path / "nowhere"], tmp_path / "out")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CnnlabError, match="is a file"):
+        report_main([sweep / "a-s0"], tmp_path / "a-file")
+    run = tmp_path / "run"
+    shutil.copytree(sweep / "a-s0", run, ignore=shutil.ignore_patterns("*.pt", "summary.json"))
+    with pytest.raises(CnnlabError, match="not a cnnlab run folder: no summary.json.*still going"):
+        load_run(run)
+    with pytest.raises(CnnlabError, match="not a cnnlab run folder: no summary.json"):
+        report_main([run], tmp_path / "out")
+    shutil.copy(sweep / "a-s0" / "summary.json", run)
+    metrics = run / "metrics.csv"
+    good = metrics.read_text()
+    metrics.write_text(good[:-25])  # killed in the middle of writing a row
+    with pytest.raises(CnnlabError, match=r"metrics.csv line 3 has \d+ fields, expected \d+: .*truncated"):
+        load_run(run)
+    metrics.write_text(good.replace("0.05", "0.o5"))
+    with pytest.raises(CnnlabError, match="not a number"):
+        load_run(run)
+    metrics.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(CnnlabError, match="metrics.csv"):
+        load_run(run)
+    metrics.write_text(good)
+    (run / "summary.json").write_text('{"model": "mlp"')
+    with pytest.raises(CnnlabError, match="summary.json is not valid JSON"):
+        load_run(run)
+    with pytest.raises(CnnlabError) as error:
+        load_run(run)
+    assert "\n" not in str(error.value)  # the CLI prints it as one line
+
+
+def fake_run(name, seed, lr, hidden, acc):
+    """A Run record without training: enough for grouping and bar charts."""
+    config = {"model": "mlp", "hidden": hidden, "lr": lr, "seed": seed, "out": f"runs/{name}"}
+    return Run(path=Path("runs") / name, config=config, summary={"model": "mlp", "dataset": "cifar10"},
+               metrics=[{"epoch": 1.0, "val_acc": acc / 2, "val_loss": 1.0}, {"epoch": 2.0, "val_acc": acc,
+                                                                               "val_loss": 0.5}])
+
+
+def test_a_bar_chart_per_factor_with_sample_std_error_bars():
+    # a 2 × 2 factorial (lr × hidden), two seeds each; accuracies chosen so the means and stds are easy
+    runs, expected = [], {}
+    for lr in (0.1, 0.01):
+        for hidden in ([64], [8]):
+            accs = [0.5 + lr + hidden[0] / 1000, 0.52 + lr + hidden[0] / 1000]
+            expected[(lr, hidden[0])] = (statistics.mean(accs), statistics.stdev(accs))
+            runs += [fake_run(f"{lr}-{hidden[0]}-{s}", s, lr, hidden, a) for s, a in enumerate(accs)]
+    charts = dict(factor_figures(runs))
+    assert list(charts) == ["hidden", "lr"]
+    ax = charts["lr"].axes[0]
+    bars = ax.patches
+    assert len(bars) == 4
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.01\nhidden=8", "0.01\nhidden=64",
+                                                             "0.1\nhidden=8", "0.1\nhidden=64"]
+    heights = [b.get_height() for b in bars]
+    assert heights == pytest.approx([expected[k][0] for k in ((0.01, 8), (0.01, 64), (0.1, 8), (0.1, 64))])
+    # the error bars: ± the sample std, which for two runs is |a − b| / √2
+    (errorbar,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segments = errorbar.lines[2][0].get_segments()
+    assert [s[1][1] - s[0][1] for s in segments] == pytest.approx([2 * 0.02 / 2 ** 0.5] * 4)
