@@ -45,8 +45,13 @@ test-slow: setup
 test-all: setup
 	$(PY) -m pytest -q -m ''
 
+# The CPU-sized forms by default (a few minutes on 2 cores); on a GPU: make bench BENCH_ARGS="--device cuda"
+BENCH_ARGS ?= --device cpu --quick
+
 bench: setup
-	$(PY) benchmarks/bench_data.py --data $(DATA)/cifar10-jpeg.tar.gz
+	$(PY) benchmarks/data.py $(BENCH_ARGS) --data $(DATA)/cifar10-jpeg.tar.gz
+	$(PY) benchmarks/throughput.py $(BENCH_ARGS)
+	$(PY) benchmarks/seed_experiment.py $(BENCH_ARGS) --data $(DATA)/cifar10-jpeg.tar.gz
 	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/kill_resume.py --kills 10
 

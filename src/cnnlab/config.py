@@ -13,6 +13,9 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 
 
+END_OF_CONFIG = "# end of cnnlab config"  # lets a reader tell a complete config.toml from a truncated one
+
+
 def _f(default, help, choices=None):
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, "choices": choices})
@@ -62,6 +65,7 @@ class TrainConfig:
     # engine
     precision: str = _f("fp32", "fp32, or bf16 autocast", ("fp32", "bf16"))
     compile: bool = _f(False, "torch.compile the model")
+    sync_bn: bool = _f(False, "under torchrun: batch-norm statistics over the global batch (SyncBatchNorm)")
     device: str = _f("auto", "auto (CUDA when present), cpu or cuda", ("auto", "cpu", "cuda"))
     seed: int = _f(0, "seed for initialisation, split, shuffling and augmentation")
     out: str | None = _f(None, "run folder (default: runs/<model>-<dataset>-<time>)")
@@ -143,7 +147,7 @@ class TrainConfig:
                 lines.append(f"# {f.name} = (default)")
             else:
                 lines.append(f"{f.name} = {_toml_value(value)}")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + [END_OF_CONFIG]) + "\n"
 
 
 def _toml_value(value) -> str:

@@ -12,16 +12,18 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from cnnlab.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab import distributed
+from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
 from cnnlab.data.loader import DeviceLoader
+from cnnlab.distributed import Dist, all_sum, any_true, barrier, broadcast
 from cnnlab.errors import CnnlabError
 from cnnlab.early_stopping import EarlyStopping
 from cnnlab.interrupt import StopRequest
 from cnnlab.models import count_params, create_model, model_info
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.progress import Progress
-from cnnlab.runs import METRIC_COLUMNS, TOP5_COLUMNS, RunFolder, environment
+from cnnlab.runs import METRIC_COLUMNS, TOP5_COLUMNS, RunFolder, default_run_path, environment
 from cnnlab.prepare import Data, build_data, model_options, resolve_device
 
 
@@ -32,9 +34,10 @@ def loss_fn(task: str, label_smoothing: float = 0.0):
 
 
 class Sums:
-    """Running sums on the device: no host synchronisation until `result()`."""
+    """Running sums on the device: no host synchronisation until `result()`, which also sums over processes."""
 
-    def __init__(self, device):
+    def __init__(self, device, d: Dist = Dist()):
+        self.d = d
         self.loss = torch.zeros((), device=device, dtype=torch.float64)
         self.correct = torch.zeros((), device=device, dtype=torch.int64)
         self.top5 = torch.zeros((), device=device, dtype=torch.int64)
@@ -49,11 +52,14 @@ class Sums:
         self.n += len(y)
 
     def result(self, task, num_classes) -> dict:
-        r = {"loss": float(self.loss) / max(self.n, 1)}
+        totals = torch.stack([self.loss, self.correct.double(), self.top5.double(),
+                              torch.tensor(float(self.n), device=self.loss.device, dtype=torch.float64)])
+        loss, correct, top5, n = all_sum(totals, self.d).tolist()
+        r = {"loss": loss / max(n, 1), "n": int(n)}
         if task == "classification":
-            r["acc"] = int(self.correct) / max(self.n, 1)
+            r["acc"] = correct / max(n, 1)
             if num_classes > 10:
-                r["top5"] = int(self.top5) / max(self.n, 1)
+                r["top5"] = top5 / max(n, 1)
         return r
 
     def state(self) -> dict:
@@ -67,8 +73,12 @@ class Sums:
 
 
 def train_one_epoch(model, data: Data, optimizer, scheduler, criterion, autocast, config: TrainConfig, epoch: int,
-                    stop: StopRequest, sums: Sums, log, first_batch: int = 0, bad_step=None):
-    """One pass over the training loader. Returns the index of the next batch (len(loader) when complete)."""
+                    stop: StopRequest, sums: Sums, log, first_batch: int = 0, bad_step=None, d: Dist = Dist()):
+    """One pass over the training loader. Returns the index of the next batch (len(loader) when complete).
+
+    With several processes each holds a shard of every global batch. Its mean loss is weighted by
+    shard size × processes / global batch size, so DDP's average over processes is the global batch's mean.
+    """
     model.train()
     full = config.batch_size == "all"
     loader = data.train
@@ -82,17 +92,18 @@ def train_one_epoch(model, data: Data, optimizer, scheduler, criterion, autocast
             loss = criterion(out.float(), y)
         if full:
             # Weight each chunk by its share so the summed gradient is the exact mean over the training set.
-            (loss * (len(y) / data.n_train)).backward()
+            (loss * (len(y) * d.world_size / data.n_train)).backward()
         else:
+            global_n = min(loader.batch_size, data.n_train - step * loader.batch_size)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * (len(y) * d.world_size / global_n)).backward()
             optimizer.step()
             scheduler.step()
         sums.add(loss, out.float(), y, data.task)
         if bad_step is not None:
             bad_step.copy_(torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step))
         progress.update(sums.n, sums)
-        if not full and stop.check(epoch, step + 1):
+        if not full and any_true(stop.check(epoch, step + 1), d, loss.device):
             progress.close()
             return step + 1
     if full:
@@ -104,10 +115,10 @@ def train_one_epoch(model, data: Data, optimizer, scheduler, criterion, autocast
 
 @torch.no_grad()
 def evaluate(model, loader: DeviceLoader, task: str, num_classes: int, autocast=nullcontext(),
-             return_predictions: bool = False):
-    """Mean loss (plain cross-entropy or ½ squared error), top-1 and top-5 over a loader."""
+             return_predictions: bool = False, d: Dist = Dist()):
+    """Mean loss (plain cross-entropy or ½ squared error), top-1 and top-5 over a loader (all processes' shards)."""
     model.eval()
-    sums = Sums(loader.device)
+    sums = Sums(loader.device, d)
     criterion = loss_fn(task)
     predictions = []
     for x, y in loader:
@@ -127,7 +138,7 @@ def _checkpoint_state(model, optimizer, scheduler, early, data: Data, config: Tr
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "early_stopping": early.state_dict() if early else None,
-        "rng": {"torch": torch.get_rng_state(), "loader": data.train.generator.get_state(),
+        "rng": {"torch": torch.get_rng_state(), "loader": data.train.state_dict(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "epoch": epoch, "best": best, "config": _plain(vars(config)), "model_options": _plain(options),
         "classes": list(data.classes), "task": data.task, "image_shape": list(data.image_shape),
@@ -142,6 +153,8 @@ def _plain(d: dict) -> dict:
 
 
 def _say(run: RunFolder | None, line: str, err: bool = False) -> None:
+    if run is not None and run.readonly:  # other ranks stay quiet: one log per job
+        return
     print(line, file=sys.stderr if err else sys.stdout, flush=True)
     if run is not None:
         run.log(line)
@@ -153,10 +166,22 @@ def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None)
     The run folder is locked for the whole run; a new one is created only after data and model are built, so
     bad input leaves nothing behind.
     """
+    d = distributed.setup(config.device if config is not None else "auto")
+    try:
+        return _fit(config, resume, should_stop, d)
+    finally:
+        distributed.teardown()
+
+
+def _fit(config, resume, should_stop, d: Dist) -> RunFolder:
     with contextlib.ExitStack() as stack:
         run, checkpoint, rewrite_config = None, None, False
         if resume:
-            run = stack.enter_context(RunFolder.open(resume).lock())
+            run = RunFolder.open(resume)
+            if d.is_main:  # rank 0 is the only writer, so the only one that needs the lock
+                stack.enter_context(run.lock())
+            else:
+                run.readonly = True
             checkpoint = load_checkpoint(run.file("last.pt"))
             missing = [k for k in ("model", "optimizer", "scheduler", "rng", "epoch", "position") if k not in checkpoint]
             if missing:
@@ -169,9 +194,13 @@ def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None)
                 rewrite_config = True  # written by _train once the run's files have passed their checks
         config.validate()
         device = resolve_device(config.device)
+        if device.type == "cuda" and d.enabled:
+            device = torch.device("cuda", d.local_rank)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
         torch.manual_seed(config.seed)
         wall_start = time.perf_counter()
-        data = build_data(config, device)
+        data = build_data(config, device, d=d)
         options = model_options(config, data.image_shape, len(data.classes) or 1)
         try:
             model = create_model(**options).to(device)
@@ -180,14 +209,25 @@ def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None)
                               f"({str(e).splitlines()[0][:80]}); use smaller --hidden sizes or another model") from None
         if device.type == "cuda" and model_info(options["name"]).family in ("vgg", "resnet"):
             model = model.to(memory_format=torch.channels_last)
+        if config.sync_bn and d.enabled:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if run is None:
-            run = stack.enter_context(RunFolder.create(config).lock())
-        return _train(config, run, checkpoint, should_stop, device, wall_start, data, options, model, rewrite_config)
+            config.out = broadcast(config.out or default_run_path(config), d)  # one folder, named by rank 0
+            if d.is_main:
+                run = stack.enter_context(RunFolder.create(config).lock())
+            else:
+                run = RunFolder(config.out, readonly=True)
+        return _train(config, run, checkpoint, should_stop, device, wall_start, data, options, model,
+                      rewrite_config, d)
 
 
 def _train(config, run, checkpoint, should_stop, device, wall_start, data, options, model,
-           rewrite_config=False) -> RunFolder:
-    train_model = torch.compile(model) if config.compile else model
+           rewrite_config=False, d: Dist = Dist()) -> RunFolder:
+    train_model = model
+    if d.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_model = torch.compile(train_model) if config.compile else train_model
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, 1 if config.batch_size == "all" else len(data.train))
     criterion = loss_fn(data.task, config.label_smoothing)
@@ -204,14 +244,15 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
         if early and checkpoint["early_stopping"]:
             early.load_state_dict(checkpoint["early_stopping"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
-        data.train.generator.set_state(checkpoint["rng"]["loader"])
+        loader_state = checkpoint["rng"]["loader"]
+        data.train.load_state_dict(loader_state if isinstance(loader_state, dict) else {"generator": loader_state})
         if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
         best = checkpoint["best"]
         position = checkpoint["position"]
         start_epoch = checkpoint["epoch"] + 1
         run.truncate_metrics(checkpoint["epoch"])
-        if rewrite_config:
+        if rewrite_config and not run.readonly:
             run.file("config.toml").write_text(config.to_toml(), encoding="utf-8")
         _say(run, f"resuming {run.path} after epoch {checkpoint['epoch']}"
              + (f", inside epoch {position['epoch']} at step {position['batch']}" if position else ""))
@@ -226,7 +267,7 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
     bad_step = torch.full((), -1, device=device, dtype=torch.int64)
     with StopRequest(should_stop) as stop:
         for epoch in range(start_epoch, config.epochs + 1):
-            sums = Sums(device)
+            sums = Sums(device, d)
             first_batch = 0
             if position is not None:
                 data.train.resume_from(position["order"], position["batch"])
@@ -235,28 +276,29 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
             epoch_start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             done = train_one_epoch(train_model, data, optimizer, scheduler, criterion, autocast, config, epoch,
-                                   stop, sums, lambda line: _say(run, line), first_batch, bad_step)
-            if int(bad_step) >= 0 or not math.isfinite(float(sums.loss)):
+                                   stop, sums, lambda line: _say(run, line), first_batch, bad_step, d)
+            if any_true(int(bad_step) >= 0 or not math.isfinite(float(sums.loss)), d, device):
                 stop_reason = (f"loss became NaN or infinite in epoch {epoch} (step {int(bad_step) + 1}); "
                                "the last good checkpoint is kept — lower the learning rate (--lr) and try again")
                 _say(run, stop_reason, err=True)
                 break
             if done < len(data.train):  # interrupted inside the epoch: save the position and leave
                 position = {"epoch": epoch, "batch": done, "order": data.train.order.cpu(), "sums": sums.state()}
-                save_checkpoint(_checkpoint_state(model, optimizer, scheduler, early, data, config, options,
-                                                  epoch - 1, best, position), run.file("last.pt"))
+                run.save_checkpoint(_checkpoint_state(model, optimizer, scheduler, early, data, config, options,
+                                                      epoch - 1, best, position), "last.pt")
                 _say(run, f"stopped by {stop.signal_name} in epoch {epoch} after step {done}; checkpoint saved. "
                      f"Resume with: cnnlab train --resume {run.path}", err=True)
                 raise SystemExit(130)
             train_seconds = time.perf_counter() - epoch_start
             train_result = sums.result(data.task, num_classes)
-            val_result = evaluate(train_model, data.val, data.task, num_classes, autocast) if data.val else {}
+            val_result = evaluate(model, data.val, data.task, num_classes, autocast, d=d) if data.val else {}
             row = {"epoch": epoch, "train_loss": train_result["loss"], "train_acc": train_result.get("acc"),
                    "train_top5": train_result.get("top5"), "val_loss": val_result.get("loss"),
                    "val_acc": val_result.get("acc"), "val_top5": val_result.get("top5"), "lr": lr,
                    "epoch_seconds": time.perf_counter() - epoch_start,
-                   "images_per_second": sums.n / train_seconds, "step": scheduler.last_epoch}
-            row["elapsed_seconds"] = row["epoch_seconds"] + sum(float(r["epoch_seconds"]) for r in run.metrics())
+                   "images_per_second": train_result["n"] / train_seconds, "step": scheduler.last_epoch}
+            if not run.readonly:
+                row["elapsed_seconds"] = row["epoch_seconds"] + sum(float(r["epoch_seconds"]) for r in run.metrics())
             run.append_metrics(row, columns)
             last_epoch = epoch
             _say(run, f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.4f}"
@@ -272,23 +314,24 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
             stop_now, reason = early.step(value, epoch) if early else (False, "")
             state = _checkpoint_state(model, optimizer, scheduler, early, data, config, options, epoch, best)
             if improved:
-                save_checkpoint(state, run.file("best.pt"))
+                run.save_checkpoint(state, "best.pt")
             if epoch % config.checkpoint_every == 0 or stop_now or epoch == config.epochs:
-                save_checkpoint(state, run.file("last.pt"))
+                run.save_checkpoint(state, "last.pt")
             if stop_now:
                 stop_reason = f"early stopping after epoch {epoch}: {reason}"
                 _say(run, stop_reason)
                 break
-            if stop.check(epoch, None):
+            if any_true(stop.check(epoch, None), d, device):
                 _say(run, f"stopped by {stop.signal_name} after epoch {epoch}; checkpoint saved. "
                      f"Resume with: cnnlab train --resume {run.path}", err=True)
                 raise SystemExit(130)
     finish(run, config, model, data, options, best, stop_reason, last_epoch, time.perf_counter() - wall_start,
-           device, autocast)
+           device, autocast, d)
     return run
 
 
-def finish(run, config, model, data, options, best, stop_reason, epochs_run, wall, device, autocast) -> dict:
+def finish(run, config, model, data, options, best, stop_reason, epochs_run, wall, device, autocast,
+           d: Dist = Dist()) -> dict:
     """Evaluate the best checkpoint once on the test split; write summary.json and curves.png."""
     summary = {"model": options["name"], "dataset": config.dataset, "parameters": count_params(model),
                "epochs_run": epochs_run, "stop_reason": stop_reason, "best_metric": best["metric"],
@@ -299,9 +342,10 @@ def finish(run, config, model, data, options, best, stop_reason, epochs_run, wal
         # All images over all training seconds (a harmonic mean): a slow first epoch counts for its real time.
         ips = [float(r["images_per_second"]) for r in rows if r["images_per_second"]]
         summary["images_per_second"] = round(len(ips) / sum(1 / v for v in ips), 1)
+    barrier(d)  # rank 0 has written best.pt
     if run.file("best.pt").is_file():
         model.load_state_dict(load_checkpoint(run.file("best.pt"), device)["model"])
-        test = evaluate(model, data.test, data.task, len(data.classes), autocast)
+        test = evaluate(model, data.test, data.task, len(data.classes), autocast, d=d)
         summary.update({"test_loss": test["loss"], "test_top1": test.get("acc"), "test_top5": test.get("top5")})
         if options["name"] == "linreg" and "true_w" in data.notes:
             w = model.linear.weight.detach().cpu().flatten().tolist()
@@ -312,12 +356,13 @@ def finish(run, config, model, data, options, best, stop_reason, epochs_run, wal
                             "b_error": abs(b - data.notes["true_b"])})
     summary.update(environment(device))
     run.write_summary(summary)
-    if rows:
+    if rows and not run.readonly:
         from cnnlab.report.curves import save_curves
 
         save_curves(rows, run.file("curves.png"), title=f"{options['name']} on {config.dataset}")
     test_text = (f"test top-1 {summary['test_top1']:.4f}" if summary.get("test_top1") is not None
                  else f"test loss {summary.get('test_loss', float('nan')):.6f}")
-    _say(run, f"done: {stop_reason}; best {best['metric']} {best['value']} at epoch {best['epoch']}; {test_text}; "
-         f"run folder {run.path}")
+    best_text = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best["value"] is not None
+                 else f"no validation split, so the last epoch ({best['epoch']}) is kept")
+    _say(run, f"done: {stop_reason}; {best_text}; {test_text}; run folder {run.path}")
     return summary

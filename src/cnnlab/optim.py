@@ -26,9 +26,11 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = Fa
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD: v = βv + (g + λw), W = W − αv (PyTorch semantics, dampening 0). AdamW: decoupled decay."""
     groups = parameter_groups(model, config.weight_decay, config.decay_all)
+    # On a GPU one fused kernel updates every parameter instead of a launch per tensor.
+    fused = {"fused": True} if all(p.is_cuda for p in model.parameters()) else {}
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+        return torch.optim.AdamW(groups, lr=config.lr, **fused)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, **fused)
 
 
 def lr_multiplier(config: TrainConfig, steps_per_epoch: int):

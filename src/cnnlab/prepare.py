@@ -9,6 +9,7 @@ import torch
 from cnnlab.config import TrainConfig
 from cnnlab.data import load_dataset, split_train_val
 from cnnlab.data.loader import PRESETS, DeviceLoader, augment_preset, channel_stats
+from cnnlab.distributed import Dist
 from cnnlab.errors import CnnlabError
 from cnnlab.models import model_info
 
@@ -68,7 +69,7 @@ def _subset(n: int, subset: int | None) -> np.ndarray:
     return np.sort(np.random.default_rng(0).permutation(n)[:subset])
 
 
-def build_streamed_data(config: TrainConfig, device: torch.device, dtype=torch.float32) -> Data:
+def build_streamed_data(config: TrainConfig, device: torch.device, dtype=torch.float32, d: Dist = Dist()) -> Data:
     """ImageNet-style folders: decoded by DataLoader workers, normalised on the device with ImageNet statistics."""
     from cnnlab.data.stream import StreamingImageFolder, StreamLoader
 
@@ -85,7 +86,8 @@ def build_streamed_data(config: TrainConfig, device: torch.device, dtype=torch.f
     train_idx, val_idx = split_train_val(train_set.targets[keep], config.val_split, config.seed)
     batch = min(FULL_BATCH_CHUNK, len(train_idx)) if config.batch_size == "all" else config.batch_size
     common = {"device": device, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "dtype": dtype,
-              "channels_last": device.type == "cuda", "workers": config.workers}
+              "channels_last": device.type == "cuda", "workers": config.workers, "rank": d.rank,
+              "world_size": d.world_size}
     train = StreamLoader(train_set, keep[train_idx], batch_size=batch, train=True, seed=config.seed, **common)
     val = StreamLoader(eval_set, keep[val_idx], batch_size=batch, train=False, **common) if len(val_idx) else None
     test = StreamLoader(test_set, np.arange(len(test_set)), batch_size=batch, train=False, **common)
@@ -95,10 +97,10 @@ def build_streamed_data(config: TrainConfig, device: torch.device, dtype=torch.f
                 len(train_idx), notes)
 
 
-def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32) -> Data:
+def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32, d: Dist = Dist()) -> Data:
     """Load (cached), take the subset, hold out the stratified validation split, build the three loaders."""
     if config.dataset == "imagenet":
-        return build_streamed_data(config, device, dtype)
+        return build_streamed_data(config, device, dtype, d)
     ds = load_dataset(config.dataset, config.data, labels=config.labels, cache_dir=config.cache_dir)
     x, y = ds.train.images, ds.train.labels
     if config.subset is not None and config.subset < len(y):
@@ -114,7 +116,7 @@ def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32) -
     batch = min(FULL_BATCH_CHUNK, len(train_idx)) if full else config.batch_size
     eval_batch = max(batch, 512)
     common = {"device": device, "mean": mean, "std": std, "dtype": dtype,
-              "channels_last": device.type == "cuda"}
+              "channels_last": device.type == "cuda", "rank": d.rank, "world_size": d.world_size}
     train = DeviceLoader(x[train_idx], y[train_idx], batch_size=batch, train=True,
                          augment=augment if is_image else augment_preset("none"), seed=config.seed, **common)
     val = DeviceLoader(x[val_idx], y[val_idx], batch_size=eval_batch, **common) if len(val_idx) else None

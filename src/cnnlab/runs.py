@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.config import TrainConfig
+from cnnlab.checkpoint import save_checkpoint
+from cnnlab.config import END_OF_CONFIG, TrainConfig
 from cnnlab.errors import CnnlabError
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
@@ -23,12 +24,15 @@ TOP5_COLUMNS = ["train_top5", "val_top5"]
 
 
 class RunFolder:
-    def __init__(self, path: Path):
+    """A run folder. `readonly` views (every distributed rank but 0) read it and silently skip every write."""
+
+    def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
 
     @classmethod
     def create(cls, config: TrainConfig) -> "RunFolder":
-        path = Path(config.out or f"runs/{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        path = Path(config.out or default_run_path(config))
         if path.exists() and not path.is_dir():
             raise CnnlabError(f"--out {path} is a file, not a folder; pick another --out")
         if path.exists() and any(path.iterdir()):
@@ -75,6 +79,10 @@ class RunFolder:
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
 
+    def save_checkpoint(self, state: dict, name: str) -> None:
+        if not self.readonly:
+            save_checkpoint(state, self.file(name))
+
     def file(self, name: str) -> Path:
         return self.path / name
 
@@ -90,7 +98,13 @@ class RunFolder:
                               f"{self.path} writable, then {then}") from None
 
     def config(self) -> TrainConfig:
-        return TrainConfig.from_toml(self.file("config.toml"))
+        """The run's resolved config. A file without to_toml's closing line was cut short, and must not silently
+        turn the missing settings into defaults."""
+        config = TrainConfig.from_toml(self.file("config.toml"))
+        if END_OF_CONFIG not in self.file("config.toml").read_text(encoding="utf-8"):
+            raise CnnlabError(f"{self.file('config.toml')} is incomplete (its last line is missing); the run folder "
+                              "is damaged — restore config.toml or start a new run")
+        return config
 
     # -- metrics.csv ---------------------------------------------------------------------------------------------
     def metrics(self) -> list[dict]:
@@ -105,6 +119,8 @@ class RunFolder:
                               "or start a new run") from None
 
     def append_metrics(self, row: dict, columns: list[str]) -> None:
+        if self.readonly:
+            return
         path = self.file("metrics.csv")
         new = not path.is_file()
         with self._writing("metrics.csv"), open(path, "a", newline="", encoding="utf-8") as f:
@@ -119,6 +135,8 @@ class RunFolder:
         Those rows must be intact: a row cut off by a kill after the checkpoint is dropped, but a file that lost
         rows the checkpoint counts on, or holds something else, is refused rather than continued with gaps.
         """
+        if self.readonly:
+            return
         path = self.file("metrics.csv")
         rows = self.metrics()
         problem = None
@@ -147,10 +165,14 @@ class RunFolder:
             _write_atomically(path, text.getvalue())
 
     def log(self, line: str) -> None:
+        if self.readonly:
+            return
         with self._writing("log.txt"), open(self.file("log.txt"), "a", encoding="utf-8") as f:
             f.write(line.rstrip("\n") + "\n")
 
     def write_summary(self, summary: dict) -> None:
+        if self.readonly:
+            return
         with self._writing("summary.json"):
             _write_atomically(self.file("summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
 
@@ -173,6 +195,10 @@ def _is_number(text) -> bool:
         return text == "" or float(text) is not None
     except (TypeError, ValueError):
         return False
+
+
+def default_run_path(config: TrainConfig) -> str:
+    return f"runs/{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _fmt(value):

@@ -107,13 +107,18 @@ class DeviceLoader:
     """Batches (x, y) of an in-memory dataset that lives on `device`.
 
     Training loaders draw a fresh permutation each epoch and augment each batch; evaluation loaders keep the order
-    and only normalise. Float feature arrays (synthetic-linear) are batched as they are. The random state is one
-    torch.Generator on the device; `state_dict()` / `load_state_dict()` carry it across a resume.
+    and only normalise. Float feature arrays (synthetic-linear) are batched as they are.
+
+    Distributed (world_size > 1): `batch_size` is the global batch; every rank draws the same permutation from
+    `generator` (same seed) and takes its share `[rank::world_size]` of each global batch, so the ranks' shards are
+    disjoint and together are exactly the single-process batch. Augmentation draws from `aug_generator`, seeded per
+    rank. `state_dict()` / `load_state_dict()` carry both generators across a resume.
     """
 
     def __init__(self, images, labels, *, batch_size: int, device="cpu", train: bool = False,
                  augment: Augment = Augment(), mean=None, std=None, dtype=torch.float32,
-                 channels_last: bool = True, drop_last: bool = False, seed: int = 0):
+                 channels_last: bool = True, drop_last: bool = False, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if batch_size < 1:
             raise CnnlabError(f"batch size must be a positive integer, got {batch_size}")
         self.device = torch.device(device)
@@ -128,7 +133,9 @@ class DeviceLoader:
         self.std = torch.tensor(std, device=self.device) if self.is_image else None
         self.batch_size, self.train, self.augment = batch_size, train, augment
         self.dtype, self.channels_last, self.drop_last = dtype, channels_last, drop_last
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.aug_generator = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
         self.order: torch.Tensor | None = None  # this epoch's order, kept so a checkpoint can resume mid-epoch
         self._resume: tuple[torch.Tensor, int] | None = None
 
@@ -150,7 +157,7 @@ class DeviceLoader:
                           else torch.arange(n, device=self.device))
             first = 0
         for b in range(first, len(self)):
-            idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = self.order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]
             yield self.prepare(self.images[idx]), self.labels[idx]
 
     def resume_from(self, order: torch.Tensor, batch: int) -> None:
@@ -163,15 +170,17 @@ class DeviceLoader:
             return x.to(self.dtype)
         if self.train:
             if self.augment.crop_padding:
-                x = random_crop(x, self.augment.crop_padding, self.generator)
+                x = random_crop(x, self.augment.crop_padding, self.aug_generator)
             if self.augment.flip:
-                x = random_flip(x, self.generator)
+                x = random_flip(x, self.aug_generator)
             if self.augment.cutout:
-                x = cutout(x, self.augment.cutout, self.generator)
+                x = cutout(x, self.augment.cutout, self.aug_generator)
         return to_model_input(x, self.mean, self.std, self.dtype, self.channels_last)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "aug_generator": self.aug_generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        if "aug_generator" in state:
+            self.aug_generator.set_state(state["aug_generator"])

@@ -251,7 +251,7 @@ class StreamLoader:
 
     def __init__(self, dataset: StreamingImageFolder, indices, *, batch_size: int, device, train: bool, mean, std,
                  dtype=torch.float32, channels_last: bool = True, workers: int = 4, seed: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
         from cnnlab.data.loader import to_model_input
 
         self._to_model_input = to_model_input
@@ -262,6 +262,7 @@ class StreamLoader:
         self.mean = torch.tensor(mean, device=self.device)
         self.std = torch.tensor(std, device=self.device)
         self.dtype, self.channels_last = dtype, channels_last
+        self.rank, self.world_size = rank, world_size  # batch_size is global; each rank decodes its share
         self.generator = torch.Generator().manual_seed(seed)
         self.order: torch.Tensor | None = None
         self._resume = None
@@ -277,6 +278,12 @@ class StreamLoader:
     def resume_from(self, order: torch.Tensor, batch: int) -> None:
         self._resume = (order.cpu(), batch)
 
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
     def __iter__(self):
         if self._resume is not None:
             self.order, first = self._resume
@@ -286,8 +293,10 @@ class StreamLoader:
             self.order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
             first = 0
         chosen = self.indices[self.order[first * self.batch_size:len(self) * self.batch_size]].tolist()
-        worker_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=chosen, num_workers=self.workers,
+        batches = [chosen[i:i + self.batch_size][self.rank::self.world_size]
+                   for i in range(0, len(chosen), self.batch_size)]
+        worker_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator)) + self.rank
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
                             generator=torch.Generator().manual_seed(worker_seed))
         for x, y in loader:

@@ -1,0 +1,140 @@
+"""CIFAR-10's data path against the typical pipeline, in the same run: prepare, cached reload, and the loader alone.
+
+1. Prepare and reload (the shared 60,000-JPEG tar.gz). Reference ("typical"): tarfile reads each member and PIL
+   decodes each image in one process — what a plain Dataset/ImageFolder-style loop does. cnnlab: its ustar walk +
+   forked decode into uint8 arrays, then the .npy cache. Targets from the data issue: prepare ≤ 10 s on 2 cores,
+   reload ≤ 1 s.
+2. The loader alone, with CIFAR augmentation (random crop after 4-pixel padding, horizontal flip, normalise), no
+   model: images/s of cnnlab's DeviceLoader (images resident on the device, augmented in whole batches) against a
+   torch DataLoader running torchvision's per-image transforms on PIL images in worker processes — the same
+   reference pipeline as benchmarks/seed_experiment.py. Both at the same batch size; the reference's batches are
+   moved to the device (pinned memory, non_blocking) as a training loop would. On the CPU always, and on the GPU
+   when there is one (unless --device cpu).
+
+    python benchmarks/data.py                          # everything, CPU and GPU when present
+    python benchmarks/data.py --device cpu --quick     # the loader on 20,000 images, CPU only (~1 min on 2 cores)
+"""
+
+import argparse
+import io
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnnlab.data import load_dataset
+from cnnlab.data.loader import DeviceLoader, augment_preset
+from seed_experiment import CIFAR_MEAN, CIFAR_STD, default_workers, typical_loaders
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def typical_prepare(path):
+    images, labels, classes = [], [], {}
+    with tarfile.open(path, "r:gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) != 3:
+                continue
+            with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
+                images.append(np.asarray(im.convert("RGB")))
+            labels.append(classes.setdefault(parts[1], len(classes)))
+    return np.stack(images), np.array(labels)
+
+
+def bench_prepare(path):
+    start = time.perf_counter()
+    ref_images, _ = typical_prepare(path)
+    t_ref = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        ds = load_dataset(None, path, cache_dir=cache)
+        t_prepare = time.perf_counter() - start
+        start = time.perf_counter()
+        again = load_dataset(None, path, cache_dir=cache)
+        t_reload = time.perf_counter() - start
+    n = len(ds.train) + len(ds.test)
+    assert n == len(ref_images) and np.array_equal(again.train.images, ds.train.images)
+    print(f"{'step':<34} {'seconds':>8} {'target':>8} {'vs typical':>11}")
+    print(f"{'typical: tarfile + PIL, 1 process':<34} {t_ref:>8.2f} {'':>8} {1.0:>10.2f}×")
+    print(f"{'cnnlab prepare (first use)':<34} {t_prepare:>8.2f} {'≤ 10':>8} {t_ref / t_prepare:>10.2f}×")
+    print(f"{'cnnlab reload (cached)':<34} {t_reload:>8.2f} {'≤ 1':>8} {t_ref / t_reload:>10.2f}×")
+    print(f"{n} images; prepare {'meets' if t_prepare <= 10 else 'MISSES'} its target, "
+          f"reload {'meets' if t_reload <= 1 else 'MISSES'} its target", flush=True)
+
+
+def epoch_rate(batches, device, n):
+    """Images/s of one pass over `batches` (an iterable of (x, y)), moving each batch to `device`."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    sync()
+    return n / (time.perf_counter() - start)
+
+
+def bench_loader(train, device, batch_size, workers):
+    """cnnlab's DeviceLoader against the typical DataLoader, both with CIFAR augmentation; returns the ratio."""
+    images, labels = train.images, train.labels
+    start = time.perf_counter()
+    ours = DeviceLoader(images, labels, batch_size=batch_size, device=device, train=True,
+                        augment=augment_preset("cifar10"), mean=CIFAR_MEAN, std=CIFAR_STD,
+                        channels_last=device.type == "cuda", seed=0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    to_device = time.perf_counter() - start
+    next(iter(ours))  # first-call overheads (kernel loading, allocator) outside the clock
+    ours_ips = max(epoch_rate(ours, device, len(images)) for _ in range(2))
+    reference, _ = typical_loaders(train, train, batch_size, workers, pin_memory=device.type == "cuda")
+    ref_ips = epoch_rate(reference, device, len(images))  # worker start-up included, as in every typical epoch
+    print(f"{str(device):<5} {'typical DataLoader, ' + str(workers) + ' workers':<34} {ref_ips:>10.0f} {1.0:>7.2f}×")
+    print(f"{str(device):<5} {'cnnlab DeviceLoader':<34} {ours_ips:>10.0f} {ours_ips / ref_ips:>7.2f}×  "
+          f"(moving the uint8 set to {device}: {to_device:.2f} s, once per run)", flush=True)
+    return ours_ips / ref_ips
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--data", default=str(REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"),
+                        help="the CIFAR-10 JPEG tar.gz (default: ../shared/datasets/cifar10-jpeg.tar.gz)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="cpu: the loader on the CPU only; auto/cuda: the CPU and the GPU")
+    parser.add_argument("--quick", action="store_true", help="time the loaders on 20,000 training images, not 50,000")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--workers", type=int, help="reference DataLoader workers (default: as seed_experiment.py)")
+    parser.add_argument("--skip-prepare", action="store_true", help="only the loader part")
+    parser.add_argument("--cache-dir", help="cnnlab's prepared-dataset cache for the loader part")
+    args = parser.parse_args()
+
+    devices = [torch.device("cpu")]
+    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
+        devices.append(torch.device("cuda"))
+    gpu = torch.cuda.get_device_name() if len(devices) > 1 else "none used"
+    print(f"machine: {os.cpu_count()} CPU cores; GPU: {gpu}; torch {torch.__version__}; file: {args.data}")
+
+    if not args.skip_prepare:
+        print("\n== prepare and reload ==")
+        bench_prepare(args.data)
+
+    ds = load_dataset("cifar10", args.data, cache_dir=args.cache_dir)
+    n = 20_000 if args.quick else len(ds.train)
+    # A fixed shuffle: the archive is sorted by class.
+    keep = np.sort(np.random.default_rng(0).permutation(len(ds.train))[:n])
+    train = type(ds.train)(ds.train.images[keep], ds.train.labels[keep])
+    print(f"\n== loader alone: {n} training images, batch {args.batch_size}, crop (pad 4) + flip + normalise ==")
+    print(f"{'where':<5} {'loader':<34} {'images/s':>10} {'ratio':>8}")
+    for device in devices:
+        workers = args.workers if args.workers is not None else default_workers(device)
+        bench_loader(train, device, args.batch_size, workers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""`torchrun … -m cnnlab train` on the CPU with gloo: the same losses as one process, one run folder."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from data_fixtures import write_image_folder
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
+
+
+def torchrun(n, *argv, timeout=180):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+           "-m", "cnnlab", "train", *map(str, argv)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def single(*argv):
+    return subprocess.run([sys.executable, "-m", "cnnlab", "train", *map(str, argv)], capture_output=True,
+                          text=True, timeout=180)
+
+
+def rows(run):
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_losses(a, b, keys=("train_loss", "val_loss", "train_acc", "val_acc")):
+    ra, rb = rows(a), rows(b)
+    assert len(ra) == len(rb)
+    for x, y in zip(ra, rb):
+        for k in keys:
+            if x.get(k):
+                assert float(x[k]) == pytest.approx(float(y[k]), rel=1e-4, abs=1e-6), (k, x, y)
+
+
+def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
+    folder, _ = write_image_folder(tmp_path / "digits", classes=[str(d) for d in range(10)], per_class=12, size=28)
+    common = ["--model", "mlp", "--hidden", "32", "--dataset", "mnist", "--data", folder, "--augment", "none",
+              "--epochs", "2", "--batch-size", "30", "--lr", "0.1", "--momentum", "0.9", "--weight-decay", "1e-3",
+              "--val-split", "0.2", "--device", "cpu", "--cache-dir", tmp_path / "cache"]
+    one = single(*common, "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = torchrun(2, *common, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr
+    assert_same_losses(tmp_path / "one", tmp_path / "two")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "digits", "one", "two"]  # one folder per job
+    assert two.stdout.count("done:") == 1  # rank 0 alone reports
+    import json
+
+    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s1["test_top1"] == s2["test_top1"] and s1["val_size"] == s2["val_size"]
+
+
+def test_resume_with_a_different_number_of_processes(tmp_path):
+    common = ["--model", "linreg", "--dataset", "synthetic-linear", "--batch-size", "20", "--lr", "0.05",
+              "--momentum", "0.9", "--device", "cpu"]
+    straight = single(*common, "--epochs", "2", "--out", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    first = torchrun(2, *common, "--epochs", "1", "--out", tmp_path / "split")
+    assert first.returncode == 0, first.stderr
+    resumed = single("--resume", tmp_path / "split", "--epochs", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_losses(tmp_path / "straight", tmp_path / "split", keys=("train_loss", "val_loss"))
+
+
+def test_a_killed_rank_ends_the_whole_job(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "cnnlab", "train", "--model", "linreg", "--dataset", "synthetic-linear", "--batch-size", "1",
+           "--epochs", "500", "--lr", "0.001", "--momentum", "0", "--device", "cpu", "--out", str(tmp_path / "run")]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
+    try:
+        for line in job.stdout:
+            if line.startswith("epoch 1/500"):
+                break
+        children = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 2
+        os.kill(int(children[-1]), signal.SIGKILL)
+        start = time.monotonic()
+        job.communicate(timeout=120)
+        assert job.returncode != 0 and time.monotonic() - start < 120
+    finally:
+        if job.poll() is None:
+            job.kill()
