@@ -16,10 +16,11 @@ from cnnlab import distributed
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
 from cnnlab.data.loader import DeviceLoader
-from cnnlab.distributed import Dist, all_sum, any_true, barrier, broadcast
+from cnnlab.distributed import Dist, any_true, barrier, broadcast
 from cnnlab.errors import CnnlabError
 from cnnlab.early_stopping import EarlyStopping
 from cnnlab.interrupt import StopRequest
+from cnnlab.metrics import Sums
 from cnnlab.models import count_params, create_model, model_info
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.progress import Progress
@@ -31,45 +32,6 @@ def loss_fn(task: str, label_smoothing: float = 0.0):
     if task == "regression":
         return lambda out, y: 0.5 * (out - y).square().mean()  # the seed's ½(ŷ − y)², averaged
     return lambda out, y: F.cross_entropy(out, y, label_smoothing=label_smoothing)
-
-
-class Sums:
-    """Running sums on the device: no host synchronisation until `result()`, which also sums over processes."""
-
-    def __init__(self, device, d: Dist = Dist()):
-        self.d = d
-        self.loss = torch.zeros((), device=device, dtype=torch.float64)
-        self.correct = torch.zeros((), device=device, dtype=torch.int64)
-        self.top5 = torch.zeros((), device=device, dtype=torch.int64)
-        self.n = 0
-
-    def add(self, loss, out, y, task):
-        self.loss += loss.detach().double() * len(y)
-        if task == "classification":
-            self.correct += (out.argmax(1) == y).sum()
-            if out.shape[1] > 10:
-                self.top5 += (out.topk(5, 1).indices == y[:, None]).any(1).sum()
-        self.n += len(y)
-
-    def result(self, task, num_classes) -> dict:
-        totals = torch.stack([self.loss, self.correct.double(), self.top5.double(),
-                              torch.tensor(float(self.n), device=self.loss.device, dtype=torch.float64)])
-        loss, correct, top5, n = all_sum(totals, self.d).tolist()
-        r = {"loss": loss / max(n, 1), "n": int(n)}
-        if task == "classification":
-            r["acc"] = correct / max(n, 1)
-            if num_classes > 10:
-                r["top5"] = top5 / max(n, 1)
-        return r
-
-    def state(self) -> dict:
-        return {"loss": float(self.loss), "correct": int(self.correct), "top5": int(self.top5), "n": self.n}
-
-    def load(self, state: dict) -> None:
-        self.loss.fill_(state["loss"])
-        self.correct.fill_(state["correct"])
-        self.top5.fill_(state["top5"])
-        self.n = state["n"]
 
 
 def train_one_epoch(model, data: Data, optimizer, scheduler, criterion, autocast, config: TrainConfig, epoch: int,
