@@ -81,3 +81,12 @@ def test_an_interrupted_sweep_skips_finished_runs_and_resumes_the_broken_one(tmp
     assert calls[0].endswith("slow-weight_decay=0.001-seed0")  # the broken one, resumed first
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*/summary.json")]
     assert len(summaries) == 8 and all(s["epochs_run"] == 3 for s in summaries)
+
+
+@pytest.mark.parametrize("name,count", [("seed-report.toml", 4), ("ablation-regularization.toml", 30),
+                                        ("optimizers.toml", 8)])
+def test_the_shipped_presets_plan_and_validate(name, count):
+    from pathlib import Path
+
+    out, runs = plan(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert len(runs) == count and all(config.out.startswith(str(out)) for _, config in runs)
