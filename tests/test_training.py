@@ -163,16 +163,22 @@ def test_config_round_trips_through_toml(tmp_path):
     assert TrainConfig.from_toml(tmp_path / "c.toml") == config
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_sigint_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
-    out = tmp_path / "run"
+def start_long_run(out, until: str) -> subprocess.Popen:
+    """`cnnlab train` for 200 slow epochs in a subprocess, returned once its output shows a line starting `until`."""
     cmd = [sys.executable, "-m", "cnnlab", "train", "--model", "linreg", "--dataset", "synthetic-linear",
            "--batch-size", "1", "--epochs", "200", "--lr", "0.001", "--momentum", "0", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     for line in proc.stdout:
-        if line.startswith("epoch 2/200"):
+        if line.startswith(until):
             break
+    return proc
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigint_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
+    out = tmp_path / "run"
+    proc = start_long_run(out, until="epoch 2/200")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -203,14 +209,8 @@ def test_imagenet_style_folders_train_through_the_streaming_loader(tmp_path, wor
 
 def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cnnlab", "train", "--model", "linreg", "--dataset", "synthetic-linear",
-           "--batch-size", "1", "--epochs", "200", "--lr", "0.001", "--momentum", "0", "--out", str(out)]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    first = start_long_run(out, until="epoch 1/200")
     try:
-        for line in first.stdout:
-            if line.startswith("epoch 1/200"):
-                break
         second = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--resume", str(out)],
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 2 and "in use by another cnnlab process" in second.stderr

@@ -103,7 +103,35 @@ def to_model_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype
     return x.to(dtype)
 
 
-class DeviceLoader:
+class EpochOrder:
+    """The epoch bookkeeping both loaders share: batches per epoch, this epoch's order, and resuming inside one.
+
+    Subclasses set num_examples, batch_size, drop_last, train and `generator` (whose device the order lives on).
+    """
+
+    order: torch.Tensor | None = None
+    _resume: tuple[torch.Tensor, int] | None = None
+
+    def __len__(self) -> int:
+        n = self.num_examples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def resume_from(self, order: torch.Tensor, batch: int) -> None:
+        """Make the next iteration continue an epoch: same order, starting at batch index `batch`."""
+        self._resume = (order.to(self.generator.device), batch)
+
+    def next_order(self) -> int:
+        """Set `self.order` for the coming epoch (a fresh permutation when training); return the first batch."""
+        if self._resume is not None:
+            (self.order, first), self._resume = self._resume, None
+            return first
+        n, device = self.num_examples, self.generator.device
+        self.order = (torch.randperm(n, device=device, generator=self.generator) if self.train
+                      else torch.arange(n, device=device))
+        return 0
+
+
+class DeviceLoader(EpochOrder):
     """Batches (x, y) of an in-memory dataset that lives on `device`.
 
     Training loaders draw a fresh permutation each epoch and augment each batch; evaluation loaders keep the order
@@ -136,33 +164,16 @@ class DeviceLoader:
         self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.aug_generator = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
-        self.order: torch.Tensor | None = None  # this epoch's order, kept so a checkpoint can resume mid-epoch
-        self._resume: tuple[torch.Tensor, int] | None = None
 
     @property
     def num_examples(self) -> int:
         return len(self.images)
 
-    def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
     def __iter__(self):
-        if self._resume is not None:
-            self.order, first = self._resume
-            self._resume = None
-        else:
-            n = len(self.images)
-            self.order = (torch.randperm(n, device=self.device, generator=self.generator) if self.train
-                          else torch.arange(n, device=self.device))
-            first = 0
+        first = self.next_order()
         for b in range(first, len(self)):
             idx = self.order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]
             yield self.prepare(self.images[idx]), self.labels[idx]
-
-    def resume_from(self, order: torch.Tensor, batch: int) -> None:
-        """Make the next iteration continue an epoch: same order, starting at batch index `batch`."""
-        self._resume = (order.to(self.device), batch)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Augment (when training) and normalise one batch of the resident images."""

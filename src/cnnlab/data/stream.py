@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from cnnlab.data.images import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
+from cnnlab.data.loader import EpochOrder
 from cnnlab.errors import CnnlabError, check_positive_int
 
 
@@ -241,7 +242,7 @@ def streaming_loader(split_dir: Path, *, train: bool, batch_size: int, workers: 
     )
 
 
-class StreamLoader:
+class StreamLoader(EpochOrder):
     """The streaming counterpart of the in-memory DeviceLoader, with the same contract for the training loop.
 
     Iterates (normalised images on `device`, labels on `device`) over `indices` of a StreamingImageFolder. The
@@ -264,19 +265,10 @@ class StreamLoader:
         self.dtype, self.channels_last = dtype, channels_last
         self.rank, self.world_size = rank, world_size  # batch_size is global; each rank decodes its share
         self.generator = torch.Generator().manual_seed(seed)
-        self.order: torch.Tensor | None = None
-        self._resume = None
 
     @property
     def num_examples(self) -> int:
         return len(self.indices)
-
-    def __len__(self) -> int:
-        n = len(self.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def resume_from(self, order: torch.Tensor, batch: int) -> None:
-        self._resume = (order.cpu(), batch)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -285,13 +277,7 @@ class StreamLoader:
         self.generator.set_state(state["generator"])
 
     def __iter__(self):
-        if self._resume is not None:
-            self.order, first = self._resume
-            self._resume = None
-        else:
-            n = len(self.indices)
-            self.order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
-            first = 0
+        first = self.next_order()
         chosen = self.indices[self.order[first * self.batch_size:len(self) * self.batch_size]].tolist()
         batches = [chosen[i:i + self.batch_size][self.rank::self.world_size]
                    for i in range(0, len(chosen), self.batch_size)]
