@@ -29,7 +29,7 @@ class TrainConfig:
     dropout: float | None = _f(None, "dropout probability for mlp/vgg (default: the model's own)")
     head: str | None = _f(None, "VGG head: imagenet or cifar (default: cifar for images ≤ 64 px)")
     stem: str | None = _f(None, "ResNet stem: imagenet or cifar (default: cifar for images ≤ 64 px)")
-    hidden: list[int] | None = _f(None, "MLP hidden layer sizes, e.g. 256,128")
+    hidden: list[int] | None = _f(None, "MLP hidden layer sizes, e.g. 256,128; speednet: its three group widths")
     activation: str | None = _f(None, "MLP activation: relu, sigmoid or tanh")
     batch_norm: bool | None = _f(None, "MLP batch norm between affine map and activation")
     # data
@@ -53,11 +53,17 @@ class TrainConfig:
     nesterov: bool = _f(False, "Nesterov momentum (sgd)")
     weight_decay: float = _f(0.0, "λ of the L2 penalty λ/2‖w‖² (sgd) or decoupled decay (adamw)")
     decay_all: bool = _f(False, "also decay biases and batch-norm parameters")
+    norm_lr_scale: float = _f(1.0, "lr multiplier for batch-norm parameters; their decay is divided by it, so the "
+                                   "decay per step stays (speedrun: 64)")
     schedule: str = _f("constant", "learning-rate schedule", ("constant", "step", "cosine", "onecycle"))
     milestones: list[int] = _f([], "step schedule: epochs at which lr is multiplied by gamma")
     gamma: float = _f(0.1, "step schedule factor")
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (onecycle: the rising part; default 30 %)")
     label_smoothing: float = _f(0.0, "label smoothing ε for the cross-entropy")
+    lookahead_epoch: int = _f(0, "from this epoch on, every 5 steps pull the weights to their moving average "
+                                 "(Lookahead; the average's decay rises to 0.95⁵ by the end); 0 = off")
+    tta: str = _f("none", "test-time augmentation for val/test: average logits over flips (and 1-pixel shifts)",
+                  ("none", "flip", "flip-translate"))
     early_stop_metric: str | None = _f(None, "stop early on val_loss or val_acc (default: off)",
                                        (None, "val_loss", "val_acc"))
     early_stop_delta: float = _f(0.0, "an epoch improves only if it beats the best by more than this")
@@ -92,7 +98,7 @@ class TrainConfig:
         need(self.epochs >= 1, "epochs", "use a positive integer")
         need(self.batch_size == "all" or (isinstance(self.batch_size, int) and self.batch_size >= 1), "batch_size",
              "use a positive integer or `all`")
-        for name in ("lr", "weight_decay", "early_stop_delta", "warmup_epochs", "cutout"):
+        for name in ("lr", "weight_decay", "early_stop_delta", "warmup_epochs", "cutout", "lookahead_epoch"):
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,
                  "use a finite number ≥ 0")
@@ -103,6 +109,8 @@ class TrainConfig:
         need(0 <= self.label_smoothing < 1, "label_smoothing", "use a number in [0, 1)")
         need(0 <= self.val_split < 1, "val_split", "use a fraction in [0, 1)")
         need(0 < self.gamma <= 1, "gamma", "use a number in (0, 1]")
+        need(isinstance(self.norm_lr_scale, (int, float)) and 0 < self.norm_lr_scale <= 1e6, "norm_lr_scale",
+             "use a number in (0, 1e6]")
         need(self.early_stop_patience >= 1, "early_stop_patience", "use a positive integer")
         need(self.subset is None or self.subset >= 2, "subset", "use an integer ≥ 2")
         need(self.checkpoint_every >= 1, "checkpoint_every", "use a positive integer")

@@ -5,6 +5,7 @@ The few things that vary are small objects the loop calls: EarlyStopping, the ru
 
 import contextlib
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import distributed
+from cnnlab.averaging import Lookahead
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
 from cnnlab.data.loader import DeviceLoader
@@ -24,8 +26,12 @@ from cnnlab.metrics import Sums
 from cnnlab.models import count_params, create_model, model_info
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.progress import Progress
+from cnnlab.tta import tta_logits
 from cnnlab.runs import METRIC_COLUMNS, TOP5_COLUMNS, RunFolder, default_run_path, environment
 from cnnlab.prepare import Data, build_data, model_options, resolve_device
+
+DIST_STOP_CHECK_EVERY = 16  # steps between the ranks' checks for a stop request (SIGINT/SIGTERM)
+INIT_IMAGES = 5000  # training images a model's init_from_data sees (speednet's patch statistics)
 
 
 def loss_fn(task: str, label_smoothing: float = 0.0):
@@ -35,7 +41,8 @@ def loss_fn(task: str, label_smoothing: float = 0.0):
 
 
 def train_one_epoch(model, data: Data, optimizer, scheduler, criterion, autocast, config: TrainConfig, epoch: int,
-                    stop: StopRequest, sums: Sums, log, first_batch: int = 0, bad_step=None, d: Dist = Dist()):
+                    stop: StopRequest, sums: Sums, log, first_batch: int = 0, bad_step=None, d: Dist = Dist(),
+                    lookahead: Lookahead | None = None):
     """One pass over the training loader. Returns the index of the next batch (len(loader) when complete).
 
     With several processes each holds a shard of every global batch. Its mean loss is weighted by
@@ -61,31 +68,38 @@ def train_one_epoch(model, data: Data, optimizer, scheduler, criterion, autocast
             (loss * (len(y) * d.world_size / global_n)).backward()
             optimizer.step()
             scheduler.step()
+            if lookahead is not None:
+                lookahead.step(scheduler.last_epoch)
         sums.add(loss, out.float(), y, data.task)
         if bad_step is not None:
             bad_step.copy_(torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step))
         progress.update(sums.n, sums)
-        if not full and any_true(stop.check(epoch, step + 1), d, loss.device):
+        # Under torchrun agreeing on a stop costs an all-reduce and a host sync, so ranks confer every few steps.
+        confer = not d.enabled or (step + 1) % DIST_STOP_CHECK_EVERY == 0
+        if not full and confer and any_true(stop.check(epoch, step + 1), d, loss.device):
             progress.close()
             return step + 1
     if full:
         optimizer.step()
         scheduler.step()
+        if lookahead is not None:
+            lookahead.step(scheduler.last_epoch)
     progress.close()
     return len(loader)
 
 
 @torch.no_grad()
 def evaluate(model, loader: DeviceLoader, task: str, num_classes: int, autocast=nullcontext(),
-             return_predictions: bool = False, d: Dist = Dist()):
-    """Mean loss (plain cross-entropy or ½ squared error), top-1 and top-5 over a loader (all processes' shards)."""
+             return_predictions: bool = False, d: Dist = Dist(), tta: str = "none"):
+    """Mean loss (plain cross-entropy or ½ squared error), top-1 and top-5 over a loader (all processes' shards),
+    optionally of the logits averaged over test-time views (`tta_logits`)."""
     model.eval()
     sums = Sums(loader.device, d)
     criterion = loss_fn(task)
     predictions = []
     for x, y in loader:
         with autocast:
-            out = model(x).float()
+            out = tta_logits(model, x, tta).float()
         sums.add(criterion(out, y), out, y, task)
         if return_predictions:
             predictions.append(out.argmax(1).cpu())
@@ -96,10 +110,11 @@ def evaluate(model, loader: DeviceLoader, task: str, num_classes: int, autocast=
 
 
 def _checkpoint_state(model, optimizer, scheduler, early, data: Data, config: TrainConfig, options: dict,
-                      epoch: int, best: dict, position: dict | None = None) -> dict:
+                      epoch: int, best: dict, position: dict | None = None, lookahead: Lookahead | None = None) -> dict:
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "early_stopping": early.state_dict() if early else None,
+        "lookahead": lookahead.state_dict() if lookahead else None,
         "rng": {"torch": torch.get_rng_state(), "loader": data.train.state_dict(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "epoch": epoch, "best": best, "config": _plain(vars(config)), "model_options": _plain(options),
@@ -110,8 +125,9 @@ def _checkpoint_state(model, optimizer, scheduler, early, data: Data, config: Tr
 
 
 def _plain(d: dict) -> dict:
-    """Only what weights_only loading accepts: numbers, strings, bools, None, lists."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+    """Only what weights_only loading accepts: numbers, strings, bools, None, lists (a Path becomes its string)."""
+    return {k: (list(v) if isinstance(v, tuple) else os.fspath(v) if isinstance(v, os.PathLike) else v)
+            for k, v in d.items()}
 
 
 def _say(run: RunFolder | None, line: str, err: bool = False) -> None:
@@ -169,7 +185,14 @@ def _fit(config, resume, should_stop, d: Dist) -> RunFolder:
         except (MemoryError, RuntimeError) as e:  # e.g. --hidden 100000000000
             raise CnnlabError(f"cannot build {options['name']}: not enough memory for its layers "
                               f"({str(e).splitlines()[0][:80]}); use smaller --hidden sizes or another model") from None
-        if device.type == "cuda" and model_info(options["name"]).family in ("vgg", "resnet"):
+        if checkpoint is None and hasattr(model, "init_from_data"):
+            if not hasattr(data.train, "first_images"):
+                raise CnnlabError(f"{options['name']} sets its first layer from training images held in memory; "
+                                  f"{config.dataset} is streamed from disk, so use another model for it")
+            start = time.perf_counter()
+            model.init_from_data(data.train.first_images(INIT_IMAGES))  # e.g. speednet's whitening filters
+            data.notes["init_seconds"] = round(time.perf_counter() - start, 4)
+        if device.type == "cuda" and model_info(options["name"]).family in ("vgg", "resnet", "speednet"):
             model = model.to(memory_format=torch.channels_last)
         if config.sync_bn and d.enabled:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -192,10 +215,14 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
     train_model = torch.compile(train_model) if config.compile else train_model
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, 1 if config.batch_size == "all" else len(data.train))
+    tta = config.tta if data.task == "classification" else "none"
     criterion = loss_fn(data.task, config.label_smoothing)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     early = (EarlyStopping(config.early_stop_metric, config.early_stop_delta, config.early_stop_patience)
              if config.early_stop_metric else None)
+    steps_per_epoch = 1 if config.batch_size == "all" else len(data.train)
+    lookahead = (Lookahead(model, (config.lookahead_epoch - 1) * steps_per_epoch, config.epochs * steps_per_epoch)
+                 if config.lookahead_epoch else None)
     monitor = config.early_stop_metric or ("val_acc" if data.task == "classification" else "val_loss")
     best = {"metric": monitor, "value": None, "epoch": None}
     start_epoch, position = 1, None
@@ -205,6 +232,8 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
         scheduler.load_state_dict(checkpoint["scheduler"])
         if early and checkpoint["early_stopping"]:
             early.load_state_dict(checkpoint["early_stopping"])
+        if lookahead and checkpoint.get("lookahead"):
+            lookahead.load_state_dict(checkpoint["lookahead"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         loader_state = checkpoint["rng"]["loader"]
         data.train.load_state_dict(loader_state if isinstance(loader_state, dict) else {"generator": loader_state})
@@ -238,7 +267,7 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
             epoch_start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             done = train_one_epoch(train_model, data, optimizer, scheduler, criterion, autocast, config, epoch,
-                                   stop, sums, lambda line: _say(run, line), first_batch, bad_step, d)
+                                   stop, sums, lambda line: _say(run, line), first_batch, bad_step, d, lookahead)
             if any_true(int(bad_step) >= 0 or not math.isfinite(float(sums.loss)), d, device):
                 stop_reason = (f"loss became NaN or infinite in epoch {epoch} (step {int(bad_step) + 1}); "
                                "the last good checkpoint is kept — lower the learning rate (--lr) and try again")
@@ -247,13 +276,15 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
             if done < len(data.train):  # interrupted inside the epoch: save the position and leave
                 position = {"epoch": epoch, "batch": done, "order": data.train.order.cpu(), "sums": sums.state()}
                 run.save_checkpoint(_checkpoint_state(model, optimizer, scheduler, early, data, config, options,
-                                                      epoch - 1, best, position), "last.pt")
+                                                      epoch - 1, best, position, lookahead), "last.pt")
                 _say(run, f"stopped by {stop.signal_name} in epoch {epoch} after step {done}; checkpoint saved. "
                      f"Resume with: cnnlab train --resume {run.path}", err=True)
                 raise SystemExit(130)
+            if lookahead is not None:
+                lookahead.end_epoch()  # evaluation and checkpoints see the averaged weights
+            train_result = sums.result(data.task, num_classes)  # waits for the GPU: the epoch's time is real
             train_seconds = time.perf_counter() - epoch_start
-            train_result = sums.result(data.task, num_classes)
-            val_result = evaluate(model, data.val, data.task, num_classes, autocast, d=d) if data.val else {}
+            val_result = evaluate(model, data.val, data.task, num_classes, autocast, d=d, tta=tta) if data.val else {}
             row = {"epoch": epoch, "train_loss": train_result["loss"], "train_acc": train_result.get("acc"),
                    "train_top5": train_result.get("top5"), "val_loss": val_result.get("loss"),
                    "val_acc": val_result.get("acc"), "val_top5": val_result.get("top5"), "lr": lr,
@@ -274,10 +305,15 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
             if improved:
                 best = {"metric": monitor, "value": value, "epoch": epoch}
             stop_now, reason = early.step(value, epoch) if early else (False, "")
-            state = _checkpoint_state(model, optimizer, scheduler, early, data, config, options, epoch, best)
-            if improved:
+            write_last = epoch % config.checkpoint_every == 0 or stop_now or epoch == config.epochs
+            # Without a validation split every epoch "improves": best.pt then goes with last.pt, not every epoch.
+            write_best = improved and (data.val is not None or write_last)
+            if write_best or write_last:
+                state = _checkpoint_state(model, optimizer, scheduler, early, data, config, options, epoch, best,
+                                          lookahead=lookahead)
+            if write_best:
                 run.save_checkpoint(state, "best.pt")
-            if epoch % config.checkpoint_every == 0 or stop_now or epoch == config.epochs:
+            if write_last:
                 run.save_checkpoint(state, "last.pt")
             if stop_now:
                 stop_reason = f"early stopping after epoch {epoch}: {reason}"
@@ -304,11 +340,18 @@ def finish(run, config, model, data, options, best, stop_reason, epochs_run, wal
         # All images over all training seconds (a harmonic mean): a slow first epoch counts for its real time.
         ips = [float(r["images_per_second"]) for r in rows if r["images_per_second"]]
         summary["images_per_second"] = round(len(ips) / sum(1 / v for v in ips), 1)
+        # Training time proper: the epochs (with their validation passes), not data loading, checkpoints or plots.
+        summary["train_seconds"] = round(sum(float(r["epoch_seconds"]) for r in rows), 4)
+    if "init_seconds" in data.notes:
+        summary["init_seconds"] = data.notes["init_seconds"]
     barrier(d)  # rank 0 has written best.pt
     if run.file("best.pt").is_file():
         model.load_state_dict(load_checkpoint(run.file("best.pt"), device)["model"])
-        test = evaluate(model, data.test, data.task, len(data.classes), autocast, d=d)
-        summary.update({"test_loss": test["loss"], "test_top1": test.get("acc"), "test_top5": test.get("top5")})
+        start = time.perf_counter()
+        test = evaluate(model, data.test, data.task, len(data.classes), autocast, d=d,
+                        tta=config.tta if data.task == "classification" else "none")
+        summary.update({"test_loss": test["loss"], "test_top1": test.get("acc"), "test_top5": test.get("top5"),
+                        "test_seconds": round(time.perf_counter() - start, 4), "tta": config.tta})
         if options["name"] == "linreg" and "true_w" in data.notes:
             w = model.linear.weight.detach().cpu().flatten().tolist()
             b = float(model.linear.bias.detach().cpu())

@@ -10,6 +10,7 @@ import torch
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
 from cnnlab.engine import evaluate
+from cnnlab.tta import tta_logits
 from cnnlab.prepare import build_data, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
@@ -54,7 +55,8 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
     loader = loaders.test if split == "test" else loaders.val
     if loader is None:
         raise CnnlabError("this run held out no validation split (--val-split 0); evaluate --split test")
-    result, predictions = evaluate(model, loader, loaders.task, len(loaders.classes), return_predictions=True)
+    result, predictions = evaluate(model, loader, loaders.task, len(loaders.classes), return_predictions=True,
+                                   tta=config.tta if loaders.task == "classification" else "none")
     result["split"] = split
     if loaders.task == "classification":
         truth = loader.labels.cpu().numpy()
@@ -86,6 +88,7 @@ def predict(target, images: list, topk: int = 5) -> list[tuple[str, list[tuple[s
     mean = torch.tensor(checkpoint["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(checkpoint["std"]).view(1, -1, 1, 1)
     classes = checkpoint["classes"]
+    tta = checkpoint["config"].get("tta", "none")  # the views the run's own evaluation averaged
     results = []
     for path in images:
         try:
@@ -97,7 +100,7 @@ def predict(target, images: list, topk: int = 5) -> list[tuple[str, list[tuple[s
         except (UnidentifiedImageError, OSError):
             raise CnnlabError(f"{path} is not a readable image") from None
         with torch.no_grad():
-            probs = torch.softmax(model((x / 255 - mean) / std), 1)[0]
+            probs = torch.softmax(tta_logits(model, (x / 255 - mean) / std, tta), 1)[0]
         top = probs.topk(min(topk, len(classes)))
         results.append((str(path), [(classes[i], float(p)) for p, i in zip(top.values, top.indices)]))
     return results

@@ -8,24 +8,39 @@ from torch import nn
 from cnnlab.config import TrainConfig
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = False, lr: float = 0.1,
+                     norm_lr_scale: float = 1.0) -> list[dict]:
     """Decay only weight matrices and conv kernels (tensors with ≥ 2 dims): the seed's λ/2‖w‖² penalises w, not b.
 
-    Biases and batch-norm scales/shifts (1-dim) go to a group without decay unless decay_all.
+    Biases and batch-norm scales/shifts (1-dim) go to a group without decay unless decay_all. With
+    norm_lr_scale s ≠ 1 the batch-norm parameters get a group of their own at lr·s and decay λ/s: their steps are
+    s times larger while the decay per step (lr·λ) stays that of the other weights.
     """
-    decay, no_decay = [], []
+    norm_ids = set()
+    if norm_lr_scale != 1:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                norm_ids.update(id(p) for p in module.parameters(recurse=False))
+    decay, no_decay, norm = [], [], []
     for p in model.parameters():
-        if p.requires_grad:
+        if not p.requires_grad:
+            continue
+        if id(p) in norm_ids:
+            norm.append(p)
+        else:
             (decay if decay_all or p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr})
+    if norm:
+        groups.append({"params": norm, "weight_decay": weight_decay / norm_lr_scale if decay_all else 0.0,
+                       "lr": lr * norm_lr_scale})
     return groups
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD: v = βv + (g + λw), W = W − αv (PyTorch semantics, dampening 0). AdamW: decoupled decay."""
-    groups = parameter_groups(model, config.weight_decay, config.decay_all)
+    groups = parameter_groups(model, config.weight_decay, config.decay_all, config.lr, config.norm_lr_scale)
     # On a GPU one fused kernel updates every parameter instead of a launch per tensor.
     fused = {"fused": True} if all(p.is_cuda for p in model.parameters()) else {}
     if config.optimizer == "adamw":

@@ -29,7 +29,7 @@ def resolve_device(name: str) -> torch.device:
 def model_options(config: TrainConfig, image_shape: tuple, num_classes: int) -> dict:
     """The registry options for this config and data: small images get the CIFAR head/stem unless told otherwise."""
     spec = model_info(config.model)
-    if len(image_shape) == 1 and spec.family in ("vgg", "resnet"):
+    if len(image_shape) == 1 and spec.family in ("vgg", "resnet", "speednet"):
         raise CnnlabError(f"model {spec.name} needs images, but {config.dataset} holds feature vectors; "
                           "use linreg, softmax or mlp")
     small = len(image_shape) == 3 and image_shape[0] <= 64

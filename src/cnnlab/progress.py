@@ -10,7 +10,7 @@ class Progress:
     def __init__(self, total, epoch, epochs, log):
         self.total, self.log, self.count, self.start = total, log, 0, time.perf_counter()
         self.prefix = f"epoch {epoch}/{epochs}"
-        self.bar = None
+        self.bar, self.shown = None, 0.0
         if sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -21,7 +21,9 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         if self.bar is not None:
             self.bar.update(1)
-            if sums is not None and self.count % 10 == 0:
+            # Reading the loss waits for the GPU, so the bar's numbers refresh at most once a second.
+            if sums is not None and elapsed - self.shown >= 1.0:
+                self.shown = elapsed
                 self.bar.set_postfix(loss=f"{float(sums.loss) / max(sums.n, 1):.3f}", img_s=f"{images / elapsed:.0f}")
         elif self.total >= 50 and self.count % max(1, self.total // 4) == 0 and self.count < self.total:
             self.log(f"{self.prefix} step {self.count}/{self.total} {images / elapsed:.0f} img/s")

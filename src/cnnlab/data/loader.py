@@ -16,12 +16,17 @@ from cnnlab.errors import CnnlabError
 
 @dataclass(frozen=True)
 class Augment:
-    """Training-time augmentation: random crop after zero-padding by `crop_padding` pixels, horizontal flip with
-    probability 0.5, and cutout of a `cutout`×`cutout` square (DeVries & Taylor 2017). 0/False switch each off."""
+    """Training-time augmentation: random crop after padding by `crop_padding` pixels (zeros, or the image mirrored
+    at its border with `reflect`), horizontal flip, and cutout of a `cutout`×`cutout` square (DeVries & Taylor
+    2017). `flip` mirrors each image with probability 0.5 every epoch; with `alternate_flip` each image is
+    mirrored at random in the first epoch and then in every other epoch exactly opposite to that, so every
+    two epochs show both orientations (Jordan, arXiv:2404.00498). 0/False switch each off."""
 
     crop_padding: int = 0
     flip: bool = False
     cutout: int = 0
+    reflect: bool = False
+    alternate_flip: bool = False
 
 
 PRESETS = {
@@ -30,6 +35,7 @@ PRESETS = {
     "tinyimagenet": Augment(crop_padding=8, flip=True),
     "mnist": Augment(),  # flipped digits are other digits
     "images": Augment(crop_padding=4, flip=True),
+    "speedrun": Augment(crop_padding=2, flip=True, reflect=True, alternate_flip=True),  # 2-pixel shifts, mirrored
     "none": Augment(),
 }
 
@@ -40,7 +46,8 @@ def augment_preset(dataset: str, **overrides) -> Augment:
         raise CnnlabError(f"no augmentation preset {dataset!r}; choose one of: {', '.join(PRESETS)}")
     bad = set(overrides) - set(Augment.__dataclass_fields__)
     if bad:
-        raise CnnlabError(f"unknown augmentation option {sorted(bad)[0]!r}; options: crop_padding, flip, cutout")
+        raise CnnlabError(f"unknown augmentation option {sorted(bad)[0]!r}; "
+                          f"options: {', '.join(Augment.__dataclass_fields__)}")
     return replace(PRESETS[dataset], **overrides)
 
 
@@ -60,20 +67,38 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return mean, std
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Crop every (H, W) image of an (N, H, W, C) batch at its own random offset after zero-padding."""
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, reflect: bool = False) -> torch.Tensor:
+    """Crop every (H, W) image of an (N, H, W, C) batch at its own random offset after padding by `padding`
+    pixels: zeros, or with `reflect` the image mirrored at its border (one gather, no padded copy)."""
     n, h, w, _ = x.shape
-    padded = F.pad(x, (0, 0, padding, padding, padding, padding))
     dy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device, generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device, generator=generator)
-    rows = (dy + torch.arange(h, device=x.device))[:, :, None]
-    cols = (dx + torch.arange(w, device=x.device))[:, None, :]
-    return padded[torch.arange(n, device=x.device)[:, None, None], rows, cols]
+    rows = dy + torch.arange(h, device=x.device)
+    cols = dx + torch.arange(w, device=x.device)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    if reflect:
+        if padding >= min(h, w):
+            raise CnnlabError(f"reflect padding of {padding} pixels needs images larger than that, got {h}×{w}")
+        rows, cols = _mirror(rows - padding, h), _mirror(cols - padding, w)
+        return x[batch, rows[:, :, None], cols[:, None, :]]
+    padded = F.pad(x, (0, 0, padding, padding, padding, padding))
+    return padded[batch, rows[:, :, None], cols[:, None, :]]
+
+
+def _mirror(position: torch.Tensor, size: int) -> torch.Tensor:
+    """Index into [0, size) of a position up to size-1 outside it, mirrored at the border without repeating the
+    edge pixel (-1 → 1, size → size-2), as F.pad(mode="reflect") does."""
+    return (size - 1) - ((size - 1) - position.abs()).abs()
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror each (N, H, W, C) image left-right with probability 0.5."""
     flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return flip_where(x, flip)
+
+
+def flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the (N, H, W, C) images whose entry of the boolean (N,) `flip` is set."""
     return torch.where(flip[:, None, None, None], x.flip(2), x)
 
 
@@ -110,6 +135,7 @@ class EpochOrder:
     """
 
     order: torch.Tensor | None = None
+    epochs_started: int = 0  # epochs begun, the current one included (a resumed epoch is not begun again)
     _resume: tuple[torch.Tensor, int] | None = None
 
     def __len__(self) -> int:
@@ -126,6 +152,7 @@ class EpochOrder:
             (self.order, first), self._resume = self._resume, None
             return first
         n, device = self.num_examples, self.generator.device
+        self.epochs_started += 1
         self.order = (torch.randperm(n, device=device, generator=self.generator) if self.train
                       else torch.arange(n, device=device))
         return 0
@@ -161,7 +188,7 @@ class DeviceLoader(EpochOrder):
         self.std = torch.tensor(std, device=self.device) if self.is_image else None
         self.batch_size, self.train, self.augment = batch_size, train, augment
         self.dtype, self.channels_last, self.drop_last = dtype, channels_last, drop_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.aug_generator = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
 
@@ -173,25 +200,40 @@ class DeviceLoader(EpochOrder):
         first = self.next_order()
         for b in range(first, len(self)):
             idx = self.order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]
-            yield self.prepare(self.images[idx]), self.labels[idx]
+            yield self.prepare(self.images[idx], idx), self.labels[idx]
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Augment (when training) and normalise one batch of the resident images."""
+    def prepare(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment (when training) and normalise one batch of the resident images (`idx`: their indices)."""
         if not self.is_image:
             return x.to(self.dtype)
         if self.train:
             if self.augment.crop_padding:
-                x = random_crop(x, self.augment.crop_padding, self.aug_generator)
-            if self.augment.flip:
+                x = random_crop(x, self.augment.crop_padding, self.aug_generator, self.augment.reflect)
+            if self.augment.flip and self.augment.alternate_flip:
+                x = flip_where(x, self.first_flips()[idx] ^ (self.epochs_started % 2 == 0))
+            elif self.augment.flip:
                 x = random_flip(x, self.aug_generator)
             if self.augment.cutout:
                 x = cutout(x, self.augment.cutout, self.aug_generator)
         return to_model_input(x, self.mean, self.std, self.dtype, self.channels_last)
 
+    def first_images(self, n: int) -> torch.Tensor:
+        """The first n images as the model sees them in evaluation: normalised, not augmented."""
+        return to_model_input(self.images[:n], self.mean, self.std, torch.float32, self.channels_last)
+
+    def first_flips(self) -> torch.Tensor:
+        """Which images alternating flips mirror in odd epochs: a fixed draw per seed (the same on every rank)."""
+        if getattr(self, "_first_flips", None) is None:
+            generator = torch.Generator(device=self.device).manual_seed((self.seed + 104_729) % 2**63)
+            self._first_flips = torch.rand(self.num_examples, device=self.device, generator=generator) < 0.5
+        return self._first_flips
+
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "aug_generator": self.aug_generator.get_state()}
+        return {"generator": self.generator.get_state(), "aug_generator": self.aug_generator.get_state(),
+                "epochs_started": self.epochs_started}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         if "aug_generator" in state:
             self.aug_generator.set_state(state["aug_generator"])
+        self.epochs_started = state.get("epochs_started", self.epochs_started)

@@ -10,7 +10,7 @@ from typing import Callable
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models import linear, resnet, vgg
+from cnnlab.models import linear, resnet, speednet, vgg
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ for _depth, (_block, _layers) in resnet.DEPTHS.items():
     _SPECS.append(ModelSpec(
         f"resnet{_depth}", "resnet", partial(resnet.resnet, _depth), ("stem", "zero_init_residual"),
         f"ResNet-{_depth}, {_block.__name__} × {sum(_layers)}"))
+
+_SPECS.append(ModelSpec("speednet", "speednet", speednet.speednet, ("hidden",),
+                        "CIFAR speedrun net: patch-whitening conv + 3 conv groups (64, 256, 256)", min_image_size=16))
 
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 ALIASES: dict[str, str] = {s.paper_name: s.name for s in _SPECS if s.paper_name}
