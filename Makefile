@@ -48,10 +48,16 @@ test-all: setup
 # The CPU-sized forms by default (a few minutes on 2 cores); on a GPU: make bench BENCH_ARGS="--device cuda"
 BENCH_ARGS ?= --device cpu --quick
 
+CIFAR  := $(DATA)/cifar10-jpeg.tar.gz
+
 bench: setup
-	$(PY) benchmarks/data.py $(BENCH_ARGS) --data $(DATA)/cifar10-jpeg.tar.gz
+	@if [ -f $(CIFAR) ]; then \
+		$(PY) benchmarks/data.py $(BENCH_ARGS) --data $(CIFAR) && \
+		$(PY) benchmarks/seed_experiment.py $(BENCH_ARGS) --data $(CIFAR) && \
+		$(PY) benchmarks/speedrun.py $(BENCH_ARGS) --data $(CIFAR); \
+	else echo "bench: $(CIFAR) not found, so data.py, seed_experiment.py and speedrun.py are skipped" \
+		"(point DATA= at the datasets folder)"; fi
 	$(PY) benchmarks/throughput.py $(BENCH_ARGS)
-	$(PY) benchmarks/seed_experiment.py $(BENCH_ARGS) --data $(DATA)/cifar10-jpeg.tar.gz
 	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/kill_resume.py --kills 10
 
