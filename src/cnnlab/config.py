@@ -214,10 +214,11 @@ def add_arguments(parser) -> None:
     """One --flag per field; every flag defaults to None so only what the user typed overrides the config."""
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help strings with %
         if "bool" in str(f.type):
-            parser.add_argument(flag, default=None, nargs="?", const="true", metavar="BOOL", help=f.metadata["help"])
+            parser.add_argument(flag, default=None, nargs="?", const="true", metavar="BOOL", help=text)
         else:
-            parser.add_argument(flag, default=None, help=f.metadata["help"])
+            parser.add_argument(flag, default=None, help=text)
 
 
 def config_from_args(args) -> TrainConfig:
