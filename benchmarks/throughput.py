@@ -34,6 +34,7 @@ CASES = [
     ("resnet18", 32, 10, {"stem": "cifar"}),
     ("vgg11_bn", 32, 10, {"head": "cifar"}),
     ("resnet18", 64, 200, {"stem": "cifar"}),
+    ("speednet", 32, 10, {}),  # the speedrun preset's network
 ]
 
 # Dense (no 2:4 sparsity) bf16 tensor-core peaks, FLOP/s. NVIDIA's datasheets print the sparse figure with a
