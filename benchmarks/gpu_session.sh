@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything issue 6 needs from a GPU, in two calls that each fit one 10-minute device command:
+# Everything issue 6 needs from a GPU, in two calls that each fit one 10-minute device command (A at most ~8 min,
+# B ~7 min; with a 15-minute device budget run A first, and B in the same warm lease only if time is left):
 #   bash benchmarks/gpu_session.sh A    # the gpu tests, the speedrun (warm-up + 5 seeds + reference), the seed experiment
 #   bash benchmarks/gpu_session.sh B    # throughput/MFU (eager and compiled) and the data/loader benchmark
 # It runs from the repository root with the machine's own python3/PyTorch (PYTHONPATH=src, nothing installed) and
@@ -23,7 +24,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
     local name=$1 limit=$2
     shift 2
     local start=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    timeout -k 15 "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
     echo "== $name: exit $rc after $((SECONDS - start)) s (limit $limit s)" | tee -a "$OUT/steps.txt"
     tail -n 12 "$OUT/$name.log"
@@ -37,13 +38,13 @@ cat "$OUT/env.txt"
 case $STAGE in
 A)
     step gpu_tests 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
-    step speedrun 240 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE"
-    step seed_experiment 150 $PY benchmarks/seed_experiment.py --device "$DEVICE" $QUICK --data "$CIFAR" \
+    step speedrun 200 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE"
+    step seed_experiment 120 $PY benchmarks/seed_experiment.py --device "$DEVICE" $QUICK --data "$CIFAR" \
         --cache-dir "$CACHE"
     ;;
 B)
-    step throughput 330 $PY benchmarks/throughput.py --device "$DEVICE" $QUICK
-    step data 150 $PY benchmarks/data.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE"
+    step throughput 300 $PY benchmarks/throughput.py --device "$DEVICE" $QUICK
+    step data 120 $PY benchmarks/data.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE"
     ;;
 *)
     echo "usage: benchmarks/gpu_session.sh A|B" >&2

@@ -73,12 +73,12 @@ def test_bf16_channels_last_runs_on_cuda(tmp_path, model, extra, compile):
 
 def test_whitening_init_on_cuda_matches_the_cpu():
     torch.manual_seed(0)
-    images = torch.randn(500, 3, 16, 16)
+    mix = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.5, 0.3], [0.0, 0.0, 0.2]])
+    images = torch.einsum("dc,nchw->ndhw", mix, torch.randn(500, 3, 16, 16))  # correlated channels
     cpu = create_model("speednet", hidden=[8, 8, 8])
     gpu = create_model("speednet", hidden=[8, 8, 8]).cuda()
     cpu.init_from_data(images)
     gpu.init_from_data(images.cuda())
-    # Eigenvectors are defined up to sign; the ± pairs make the filter bank the same set either way.
+    # Eigenvectors are defined up to sign and, for close eigenvalues, up to rotation; WᵀW = 2 (C + εI)⁻¹ is not.
     a, b = cpu.whiten.weight.flatten(1), gpu.whiten.weight.cpu().flatten(1)
-    for row in a:
-        assert min((row - other).abs().max() for other in b) < 1e-3
+    assert torch.allclose(a.T @ a, b.T @ b, rtol=1e-3, atol=1e-3)

@@ -117,9 +117,10 @@ def test_lookahead_pulls_weights_to_their_moving_average():
     look = Lookahead(model, start_step=5, total_steps=100)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    look.step(4)  # before the start: nothing
+    look.step(5)  # not after the start yet: nothing
     assert look.average is None
-    look.step(5)  # first due step: the average starts at the current weights
+    look = Lookahead(model, start_step=4, total_steps=100)
+    look.step(5)  # first due step after the start: the average starts at the current weights
     with torch.no_grad():
         model.weight.fill_(3.0)
     look.step(7)  # not a multiple of EVERY
@@ -128,7 +129,7 @@ def test_lookahead_pulls_weights_to_their_moving_average():
     decay = DECAY_BASE ** EVERY * (10 / 100) ** 3
     expected = decay * 1.0 + (1 - decay) * 3.0
     assert torch.allclose(model.weight, torch.full((1, 2), expected)) and torch.equal(model.weight, look.average["weight"])
-    restored = Lookahead(model, 5, 100)
+    restored = Lookahead(model, 4, 100)
     restored.load_state_dict(look.state_dict())
     assert torch.equal(restored.average["weight"], look.average["weight"])
 

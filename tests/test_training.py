@@ -136,6 +136,17 @@ def test_resume_mid_epoch_gives_exactly_the_uninterrupted_metrics(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_stop_between_epochs_writes_last_pt_even_between_checkpoint_epochs(tmp_path):
+    base = dict(model="mlp", dataset="cifar10", data=cifar_like(tmp_path), hidden=[16], epochs=3, batch_size=16,
+                lr=0.05, cache_dir=str(tmp_path / "cache"), val_split=0.25, seed=3, checkpoint_every=5)
+    fit(TrainConfig(**base, out=str(tmp_path / "straight")))
+    with pytest.raises(SystemExit):
+        fit(TrainConfig(**base, out=str(tmp_path / "broken")), should_stop=lambda epoch, step: (epoch, step) == (2, None))
+    assert torch.load(tmp_path / "broken" / "last.pt", weights_only=True)["epoch"] == 2
+    fit(None, resume=str(tmp_path / "broken"))
+    assert metrics(tmp_path / "broken") == metrics(tmp_path / "straight")
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     run = fit(TrainConfig(model="linreg", dataset="synthetic-linear", batch_size=10, epochs=20, lr=2.5,
                           momentum=0.0, out=str(tmp_path / "run")))

@@ -26,7 +26,7 @@ class Lookahead:
     @torch.no_grad()
     def step(self, step: int) -> None:
         """Call after optimizer step number `step` (1-based, counted over the whole run)."""
-        if step < self.start_step or step % EVERY:
+        if step <= self.start_step or step % EVERY:  # steps after start_step: from the start epoch's first
             return
         weights = self._weights()
         if self.average is None:

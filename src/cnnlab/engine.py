@@ -305,7 +305,9 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
             if improved:
                 best = {"metric": monitor, "value": value, "epoch": epoch}
             stop_now, reason = early.step(value, epoch) if early else (False, "")
-            write_last = epoch % config.checkpoint_every == 0 or stop_now or epoch == config.epochs
+            interrupted = not stop_now and any_true(stop.check(epoch, None), d, device)
+            write_last = (epoch % config.checkpoint_every == 0 or stop_now or interrupted
+                          or epoch == config.epochs)  # an interrupted run resumes from this epoch, not an older one
             # Without a validation split every epoch "improves": best.pt then goes with last.pt, not every epoch.
             write_best = improved and (data.val is not None or write_last)
             if write_best or write_last:
@@ -319,7 +321,7 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
                 stop_reason = f"early stopping after epoch {epoch}: {reason}"
                 _say(run, stop_reason)
                 break
-            if any_true(stop.check(epoch, None), d, device):
+            if interrupted:
                 _say(run, f"stopped by {stop.signal_name} after epoch {epoch}; checkpoint saved. "
                      f"Resume with: cnnlab train --resume {run.path}", err=True)
                 raise SystemExit(130)
