@@ -209,18 +209,27 @@ def _fmt(value):
     return value
 
 
+def _git_revision() -> str | None:
+    """The checkout's commit, with "-dirty" when files differ from it; None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# Read when cnnlab is imported, i.e. for the code this process is running: a commit made while a long run trains
+# must not be credited with that run's numbers.
+GIT_REVISION = _git_revision()
+
+
 def environment(device: torch.device) -> dict:
     """What a reader needs to trust and repeat the numbers: device, versions, git revision."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    try:
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                  cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        revision = None
     from cnnlab import __version__
 
     return {"device": name, "torch": torch.__version__, "python": sys.version.split()[0], "cnnlab": __version__,
-            "git_revision": revision}
+            "git_revision": GIT_REVISION}
