@@ -214,13 +214,13 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
             model, device_ids=[device.index] if device.type == "cuda" else None)
     train_model = torch.compile(train_model) if config.compile else train_model
     optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, 1 if config.batch_size == "all" else len(data.train))
+    steps_per_epoch = 1 if config.batch_size == "all" else len(data.train)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     tta = config.tta if data.task == "classification" else "none"
     criterion = loss_fn(data.task, config.label_smoothing)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     early = (EarlyStopping(config.early_stop_metric, config.early_stop_delta, config.early_stop_patience)
              if config.early_stop_metric else None)
-    steps_per_epoch = 1 if config.batch_size == "all" else len(data.train)
     lookahead = (Lookahead(model, (config.lookahead_epoch - 1) * steps_per_epoch, config.epochs * steps_per_epoch)
                  if config.lookahead_epoch else None)
     monitor = config.early_stop_metric or ("val_acc" if data.task == "classification" else "val_loss")
