@@ -74,8 +74,17 @@ def test_full_batch_gd_step_is_the_mean_gradient_over_the_training_set(tmp_path)
 def test_linear_regression_recovers_w_and_b(tmp_path):
     run = fit(TrainConfig(model="linreg", dataset="synthetic-linear", batch_size=10, epochs=3, lr=0.03,
                           momentum=0.0, out=str(tmp_path / "run")))
+    # The weights themselves, not the engine's own w_error: an engine that learned nothing and reported 0 would
+    # pass a check of the summary alone.
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run.path / name, weights_only=True)["model"]
+        assert state["linear.weight"].shape == (1, 2) and state["linear.bias"].shape == (1,), name
+        assert torch.allclose(state["linear.weight"][0], torch.tensor([2.0, -3.4]), atol=0.01), (name, state)
+        assert abs(state["linear.bias"].item() - 4.2) < 0.01, (name, state)
     summary = json.loads((run.path / "summary.json").read_text())
-    assert summary["w_error"] < 0.01 and summary["b_error"] < 0.01, summary
+    w, b = state["linear.weight"][0].tolist(), state["linear.bias"].item()  # best.pt's, which the summary reports
+    assert summary["w_error"] == pytest.approx(max(abs(w[0] - 2), abs(w[1] + 3.4)), abs=1e-6), summary
+    assert summary["b_error"] == pytest.approx(abs(b - 4.2), abs=1e-6), summary
 
 
 def test_schedules():
@@ -88,16 +97,31 @@ def test_schedules():
 
 
 def test_early_stopping_needs_more_than_delta():
+    # A worked sequence, δ = 0.1, patience 2: an epoch improves only if it beats the BEST so far (not the last
+    # epoch) by more than δ.
     es = EarlyStopping("val_loss", delta=0.1, patience=2)
-    assert es.step(1.0, 1) == (False, "")
-    assert es.step(0.9, 2)[0] is False and es.bad_epochs == 1  # exactly δ better: not an improvement
-    assert es.step(0.85, 3)[0] is True and es.best == 1.0 and "did not improve" in es.step(0.0, 4)[1] or True
+    assert es.step(1.0, 1) == (False, "") and (es.best, es.best_epoch, es.bad_epochs) == (1.0, 1, 0)
+    # 0.9 is exactly δ below the best 1.0: not an improvement
+    assert es.step(0.9, 2) == (False, "") and (es.best, es.best_epoch, es.bad_epochs) == (1.0, 1, 1)
+    # 0.85 beats the best 1.0 by 0.15 > δ (though only 0.05 below the last epoch): an improvement, patience resets
+    assert es.step(0.85, 3) == (False, "") and (es.best, es.best_epoch, es.bad_epochs) == (0.85, 3, 0)
+    # 0.76 is below the best, but only by 0.09 ≤ δ
+    assert es.step(0.76, 4) == (False, "") and (es.best, es.bad_epochs) == (0.85, 1)
+    # NaN is never an improvement: the second bad epoch in a row stops the run
+    stop, reason = es.step(float("nan"), 5)
+    assert stop is True and (es.best, es.best_epoch, es.bad_epochs) == (0.85, 3, 2)
+    assert "val_loss did not improve by more than 0.1" in reason and "best 0.8500 at epoch 3" in reason, reason
+    acc = EarlyStopping("val_acc", delta=0.1, patience=2)
+    assert acc.step(0.5, 1) == (False, "")
+    assert acc.step(0.6, 2) == (False, "") and acc.bad_epochs == 1  # exactly δ better: not an improvement
+    assert acc.step(0.65, 3) == (False, "") and (acc.best, acc.bad_epochs) == (0.65, 0)
     acc = EarlyStopping("val_acc", delta=0.0, patience=1)
     acc.step(0.5, 1)
     assert acc.step(0.5, 2)[0] is True  # a tie is not an improvement
     restored = EarlyStopping("val_acc", 0.0, 1)
     restored.load_state_dict(EarlyStopping("val_acc").state_dict() | {"best": 0.7, "best_epoch": 3})
     assert restored.improved(0.71) and not restored.improved(float("nan"))
+    assert restored.step(0.7, 4)[0] is True  # the restored best, not a fresh start, is what 0.7 must beat
 
 
 def test_early_stopping_ends_a_run_and_says_why(tmp_path):
