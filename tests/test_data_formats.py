@@ -103,14 +103,38 @@ def test_tinyimagenet_inside_a_tar(tmp_path, cache):
     assert len(load(tmp_path / "tiny.tar", cache).test) == 4
 
 
-def test_second_load_comes_from_the_cache(tmp_path, cache, monkeypatch):
-    folder, _ = write_cifar10_python(tmp_path / "src")
-    first = load(folder, cache)
-    import cnnlab.data.formats as formats
+@pytest.mark.parametrize("packed", [False, True])
+def test_second_load_comes_from_the_cache(tmp_path, cache, monkeypatch, packed):
+    import cnnlab.data as data
+    from cnnlab.data.source import Source
 
-    monkeypatch.setattr(formats, "detect", lambda *_: pytest.fail("decoded again"))
-    second = load(folder, cache)
-    assert np.array_equal(first.train.images, second.train.images) and second.classes == CIFAR10
+    folder, truth = write_cifar10_python(tmp_path / "src")
+    path = tar_folder(folder, tmp_path / "cifar-10-python.tar.gz") if packed else folder
+    # Spies on what decoding cannot avoid: format detection (the name load_dataset really calls, imported into
+    # cnnlab.data) and every read of the dataset's files or archive, whatever the reader.
+    calls = {"detect": 0, "read": 0, "archive": 0}
+
+    def spy(what, real):
+        def wrapper(*args, **kwargs):
+            calls[what] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(data, "detect", spy("detect", data.detect))
+    monkeypatch.setattr(Source, "read", spy("read", Source.read))
+    monkeypatch.setattr(Source, "_archive", spy("archive", Source._archive))
+    first = load(path, cache)
+    # the control: the spies sit on the path a real decode takes
+    assert calls["detect"] >= 1 and calls["read"] >= 7 and (calls["archive"] >= 1) == packed, calls
+    calls.update(dict.fromkeys(calls, 0))
+    second = load(path, cache)
+    assert calls == {"detect": 0, "read": 0, "archive": 0}, f"the second load decoded again: {calls}"
+    assert second.classes == CIFAR10 and second.format == "cifar10-python"
+    assert np.array_equal(second.test.images, truth["test_batch"][0])
+    assert second.test.labels.tolist() == truth["test_batch"][1]
+    for split in ("train", "test"):
+        assert np.array_equal(first.splits[split].images, second.splits[split].images)
+        assert np.array_equal(first.splits[split].labels, second.splits[split].labels)
 
 
 def test_a_changed_source_is_prepared_again(tmp_path, cache):
