@@ -135,23 +135,50 @@ def test_lookahead_pulls_weights_to_their_moving_average():
 
 
 def test_tta_averages_the_views():
+    # A fixed linear map of the whole image: unlike a spatial mean it gives every view (mirror, shifts, shifted
+    # mirrors) its own logits, so a dropped, repeated or misplaced view changes the average.
+    torch.manual_seed(0)
+    n, c, h, w = 2, 3, 5, 6
+    weights = torch.randn(c * h * w, 7)
+    x = torch.randn(n, c, h, w)
     calls = []
 
-    def model(x):
-        calls.append(x.clone())
-        return x.mean(dim=(2, 3))
+    def f(v):
+        return v.flatten(1) @ weights
 
-    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
-    assert torch.equal(tta_logits(model, x, "none"), x.mean(dim=(2, 3)))
+    def model(v):
+        calls.append(v.clone())
+        return f(v)
+
+    def mirror(v):
+        return v[..., torch.arange(w - 1, -1, -1)]
+
+    def shift(v, dy, dx):
+        """The image moved by (dy, dx) pixels, the uncovered border filled by reflection (no edge repeat)."""
+        def reflect(i, size):
+            i = i.abs()
+            return torch.where(i > size - 1, 2 * (size - 1) - i, i)
+        return v[:, :, reflect(torch.arange(h) - dy, h)][:, :, :, reflect(torch.arange(w) - dx, w)]
+
+    down_right, up_left = shift(x, 1, 1), shift(x, -1, -1)
+    assert torch.equal(down_right[:, :, 1:, 1:], x[:, :, :-1, :-1]) and torch.equal(down_right[..., 0, 0], x[..., 1, 1])
+    assert torch.equal(up_left[:, :, :-1, :-1], x[:, :, 1:, 1:]) and torch.equal(up_left[..., -1, -1], x[..., -2, -2])
+
+    assert torch.equal(tta_logits(model, x, "none"), f(x))
     calls.clear()
-    tta_logits(model, x, "flip")
-    assert torch.equal(calls[1], x.flip(3))
+    torch.testing.assert_close(tta_logits(model, x, "flip"), (f(x) + f(mirror(x))) / 2)
+    assert len(calls) == 2 and torch.equal(calls[0], x) and torch.equal(calls[1], mirror(x))
+
+    # flip-translate: the image and its mirror weigh 1/4 each; each 1-pixel shift (down-right and up-left,
+    # borders mirrored) and the mirror of each shifted image weigh 1/8 each
+    views = [x, mirror(x), down_right, mirror(down_right), up_left, mirror(up_left)]
+    assert len({tuple(f(v)[0].tolist()) for v in views}) == 6  # the stand-in tells all six views apart
+    expected = ((f(x) + f(mirror(x))) / 4
+                + (f(down_right) + f(mirror(down_right)) + f(up_left) + f(mirror(up_left))) / 8)
     calls.clear()
     out = tta_logits(model, x, "flip-translate")
-    assert len(calls) == 6
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    assert torch.equal(calls[2], padded[:, :, :4, :4]) and torch.equal(calls[4], padded[:, :, 2:, 2:])
-    assert torch.allclose(out, 0.5 * x.mean(dim=(2, 3)) + 0.25 * (calls[2].mean(dim=(2, 3)) + calls[4].mean(dim=(2, 3))))
+    assert len(calls) == 6 and all(sum(torch.equal(call, v) for call in calls) == 1 for v in views)
+    torch.testing.assert_close(out, expected)
 
 
 def test_speedrun_features_resume_exactly(tmp_path):
