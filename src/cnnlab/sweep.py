@@ -3,26 +3,113 @@
     [sweep]                      # where, and which seeds
     out = "runs/ablation"
     seeds = [0, 1, 2]
+    data_root = "../shared/datasets"   # optional: relative `data` values resolve against it (--data-root wins)
     [base]                       # any TrainConfig fields
     model = "mlp"
+    data = ["full.zip", "subset.tar.gz"]   # a path, or candidates: the first that exists is used
     [[variant]]                  # optional: named sets of overrides (an ablation's rows)
     name = "dropout"
     dropout = 0.5
     [grid]                       # optional: every combination of these values
     momentum = [0.0, 0.9]
 
-Each run goes to OUT/<variant>-<field=value…>-seed<k>/. Started again, a sweep skips runs that finished (they have
-summary.json), resumes the one that was interrupted, and restarts one killed before its first checkpoint.
+Each run goes to OUT/<variant>-<field=value…>-seed<k>/. Every run is validated, its data found and checked, before
+the first one starts. Started again, a sweep skips runs that finished (they have summary.json), resumes the one
+that was interrupted, and restarts one killed before its first checkpoint.
 """
 
+import dataclasses
+import functools
 import itertools
 import re
 import shutil
+import time
 import tomllib
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
+
+SWEEP_KEYS = ("out", "seeds", "data_root")
+# The sweep sets these for each run; a value anywhere else would be replaced without a word.
+RUN_KEYS = {"out": "[sweep] out", "seed": "[sweep] seeds"}
+
+
+@dataclass
+class Sweep:
+    """A planned sweep: every run's validated config, with its data resolved, in the order the runs go."""
+    file: Path
+    out: Path
+    data_root: Path
+    runs: list[tuple[str, TrainConfig]]
+    data_notes: dict[str, str] = field(default_factory=dict)  # run name → which data candidate was taken
+
+
+@contextmanager
+def _naming(origin: str):
+    """Prefix an error with the run it belongs to, so a sweep of 30 runs says which one is wrong."""
+    try:
+        yield
+    except CnnlabError as e:
+        raise CnnlabError(f"{origin}: {e}") from None
+
+
+def parse_settings(items) -> dict:
+    """`--set KEY=VALUE` pairs, typed: the value as TOML when it parses (1, 0.1, true, [30, 60]), else as text."""
+    values = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise CnnlabError(f"--set {item!r} is not KEY=VALUE; e.g. --set epochs=1")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        TrainConfig.from_dict({key: value}, f"--set {item}")  # unknown keys and wrong types fail here, in one line
+        values[key] = value
+    return values
+
+
+def _read(path: Path) -> dict:
+    try:
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CnnlabError(f"sweep file {path} does not exist") from None
+    except IsADirectoryError:
+        raise CnnlabError(f"sweep file {path} is a folder; pass a .toml file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CnnlabError(f"{path} is not valid TOML ({e})") from None
+    unknown = sorted(set(spec) - {"sweep", "base", "variant", "grid", "report"})
+    if unknown:
+        raise CnnlabError(f"{path}: unknown table [{unknown[0]}]; a sweep has [sweep], [base], [[variant]], [grid]")
+    unknown = sorted(set(spec.get("sweep", {})) - set(SWEEP_KEYS))
+    if unknown:
+        raise CnnlabError(f"{path}: unknown [sweep] key {unknown[0]!r}; it takes {', '.join(SWEEP_KEYS)}")
+    return spec
+
+
+def _check_sources(path: Path, spec: dict, overrides: dict) -> None:
+    """Refuse settings the sweep would silently replace: per-run keys, and --set keys a variant or the grid sets."""
+    variants, grid = spec.get("variant", []), spec.get("grid", {})
+    tables = [("[base]", spec.get("base", {})), ("[grid]", grid), ("--set", overrides)]
+    tables += [(f"[[variant]] {v.get('name', '')!r}", v) for v in variants]
+    for where, table in tables:
+        clash = sorted(set(table) & set(RUN_KEYS))
+        if clash:
+            raise CnnlabError(f"{path}: {where} sets {clash[0]}, which the sweep sets for each run from "
+                              f"{RUN_KEYS[clash[0]]}")
+    for key in overrides:
+        owner = "[grid]" if key in grid else next((f"[[variant]] {v.get('name', '')!r}" for v in variants
+                                                   if key in v), None)
+        if owner:
+            raise CnnlabError(f"--set {key}: {path}'s {owner} sets {key} itself, so --set would not reach it; "
+                              "--set changes [base] settings only (edit the sweep file instead)")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise CnnlabError(f"{path}: [grid] {key} must be a non-empty list of values")
 
 
 def _name_part(key: str, value) -> str:
@@ -30,71 +117,190 @@ def _name_part(key: str, value) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", f"{key}={text}")
 
 
-def plan(path) -> tuple[Path, list[tuple[str, TrainConfig]]]:
-    """(sweep folder, [(run name, config)]) from a sweep file; every config validated before anything runs."""
-    path = Path(path)
-    try:
-        spec = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CnnlabError(f"sweep file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise CnnlabError(f"{path} is not valid TOML ({e})") from None
-    unknown = sorted(set(spec) - {"sweep", "base", "variant", "grid", "report"})
-    if unknown:
-        raise CnnlabError(f"{path}: unknown table [{unknown[0]}]; a sweep has [sweep], [base], [[variant]], [grid]")
+def _combinations(spec: dict, overrides: dict, seeds: list[int]):
+    """(run name, settings) for every variant × grid combination × seed, in the order they run."""
+    base = {**spec.get("base", {}), **overrides}
+    grid = spec.get("grid", {})
+    for variant in spec.get("variant", [{}]):
+        variant = dict(variant)
+        label = str(variant.pop("name", ""))
+        for combo in itertools.product(*grid.values()):
+            settings = dict(zip(grid, combo))
+            parts = ([re.sub(r"[^A-Za-z0-9_.-]", "_", label)] if label else []) + [
+                _name_part(k, v) for k, v in settings.items()]
+            for seed in seeds:
+                yield "-".join(parts + [f"seed{seed}"]), {**base, **variant, **settings, "seed": seed}
+
+
+def _data_root(path: Path, settings: dict, data_root) -> Path:
+    if data_root is not None:
+        return Path(data_root).expanduser()
+    value = settings.get("data_root", ".")
+    if not isinstance(value, str) or not value:
+        raise CnnlabError(f"{path}: [sweep] data_root must be a folder path (a string), got {value!r}")
+    return Path(value).expanduser()
+
+
+def _choose_data(values: dict, root: Path) -> tuple[dict, str]:
+    """Settings with `data` resolved against the data root; a list of candidates becomes the first that exists."""
+    data = values.get("data")
+    if data is None:
+        return values, ""
+    candidates = data if isinstance(data, list) else [data]
+    if not candidates or not all(isinstance(c, str) and c for c in candidates):
+        raise CnnlabError(f"data must be a path or a non-empty list of paths (the first that exists is used), "
+                          f"got {data!r}")
+    paths = [root / Path(c).expanduser() for c in candidates]  # an absolute candidate ignores the root
+    if not root.is_dir() and any(not Path(c).expanduser().is_absolute() for c in candidates):
+        raise CnnlabError(f"data root {root} is not a folder; pass --data-root DIR, the folder holding the data")
+    if len(paths) == 1:
+        return {**values, "data": str(paths[0])}, ""  # resolve_data says so if it is missing
+    found = next((i for i, p in enumerate(paths) if p.exists()), None)
+    if found is None:
+        raise CnnlabError(f"none of the data candidates exists under {root}: {', '.join(candidates)}; "
+                          "pass --data-root DIR, the folder holding one of them")
+    missing = f"; not found: {', '.join(candidates[:found])}" if found else ""
+    return {**values, "data": str(paths[found])}, f"candidate {found + 1} of {len(paths)}{missing}"
+
+
+def _resolve(config: TrainConfig, seen: dict) -> None:
+    """resolve_data once per distinct data setting: a sweep names the same archive many times, each check ~1 s."""
+    from cnnlab.prepare import resolve_data
+
+    key = (config.data, config.dataset, config.cache_dir)  # the settings resolve_data reads and may rewrite
+    if key not in seen:
+        done = resolve_data(dataclasses.replace(config))
+        seen[key] = (done.data, done.dataset, done.cache_dir)
+    config.data, config.dataset, config.cache_dir = seen[key]
+
+
+def plan(path, data_root=None, overrides: dict | None = None) -> Sweep:
+    """Every run of a sweep file, validated and with its data checked, before anything runs or is created.
+
+    `data_root` (else the file's [sweep] data_root, else the current folder) is what relative `data` values
+    resolve against; `overrides` (from --set) replace [base] settings for every run.
+    """
+    path, overrides = Path(path), dict(overrides or {})
+    spec = _read(path)
+    _check_sources(path, spec, overrides)
     settings = spec.get("sweep", {})
-    out = Path(settings.get("out", f"runs/{path.stem}"))
     seeds = settings.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise CnnlabError(f"{path}: [sweep] seeds must be a non-empty list of integers")
-    base = spec.get("base", {})
-    variants = spec.get("variant", [{}])
-    grid = spec.get("grid", {})
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise CnnlabError(f"{path}: [grid] {key} must be a non-empty list of values")
-    runs = []
-    for variant in variants:
-        variant = dict(variant)
-        label = str(variant.pop("name", ""))
-        for combo in itertools.product(*grid.values()) if grid else [()]:
-            overrides = dict(zip(grid, combo))
-            parts = ([re.sub(r"[^A-Za-z0-9_.-]", "_", label)] if label else []) + [
-                _name_part(k, v) for k, v in overrides.items()]
-            for seed in seeds:
-                values = {**base, **variant, **overrides, "seed": seed}
-                name = "-".join(parts + [f"seed{seed}"])
-                config = TrainConfig.from_dict(values, f"{path} ({name})")
-                config.out = str(out / name)
-                runs.append((name, config.validate()))
-    names = [n for n, _ in runs]
+    sweep = Sweep(path, Path(settings.get("out", f"runs/{path.stem}")), _data_root(path, settings, data_root), [])
+    combinations = list(_combinations(spec, overrides, seeds))
+    names = [n for n, _ in combinations]
     if len(set(names)) != len(names):
         raise CnnlabError(f"{path}: two runs would share a folder name; give each [[variant]] a distinct name")
-    return out, runs
+    seen = {}
+    for name, values in combinations:
+        origin = f"{path} ({name})"
+        with _naming(origin):
+            values, sweep.data_notes[name] = _choose_data(values, sweep.data_root)
+        config = TrainConfig.from_dict(values, origin)
+        config.out = str(sweep.out / name)
+        with _naming(origin):
+            _resolve(config.validate(), seen)
+        sweep.runs.append((name, config))
+    return sweep
 
 
-def run_sweep(path, report: bool = True, log=print) -> Path:
-    """Run every planned run that has not finished; then write the sweep's report into OUT/report/."""
+def run_state(folder: Path) -> str:
+    """done (has summary.json), resume (has last.pt) or new: what starting the sweep again does with a run."""
+    if (folder / "summary.json").is_file():
+        return "done"
+    return "resume" if (folder / "last.pt").is_file() else "new"
+
+
+def describe(sweep: Sweep) -> list[str]:
+    """The dry run: each run's name, what a start would do with it, its folder, its differing settings, its data."""
+    differ = [f.name for f in fields(TrainConfig) if f.name not in ("out", "data")
+              and len({repr(getattr(c, f.name)) for _, c in sweep.runs}) > 1]
+    action = {"done": "finished earlier: skipped", "resume": "interrupted: resumed", "new": "to train"}
+    n = len(sweep.runs)
+    lines = [f"{sweep.file}: {n} runs into {sweep.out}; data root {sweep.data_root}"]
+    for k, (name, config) in enumerate(sweep.runs, 1):
+        note = sweep.data_notes.get(name)
+        data = config.data or f"none ({config.dataset} is generated)"
+        lines += [f"[{k}/{n}] {name} ({action[run_state(Path(config.out))]})",
+                  f"    out:      {config.out}",
+                  "    settings: " + (" ".join(f"{key}={getattr(config, key)}" for key in differ) or "(one run)"),
+                  f"    data:     {data}" + (f" ({note})" if note else "")]
+    return lines + ["dry run: nothing trained, nothing created"]
+
+
+def _clock(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class SweepProgress:
+    """Time across a sweep's runs: elapsed, and what is left estimated from the runs trained from scratch here."""
+
+    def __init__(self, pending: int, clock=time.monotonic):
+        self.clock, self.start, self.pending, self.durations = clock, clock(), pending, []
+        self.counts = {"done": 0, "resume": 0, "new": 0}
+
+    def status(self) -> str:
+        elapsed = f"{_clock(self.clock() - self.start)} elapsed"
+        if not self.durations:
+            return f"{elapsed}, estimate after the first run"
+        left = sum(self.durations) / len(self.durations) * self.pending
+        return f"{elapsed}, about {_clock(left)} left"
+
+    def finished(self, state: str, seconds: float = 0.0) -> None:
+        self.counts[state] += 1
+        if state != "done":
+            self.pending -= 1
+        if state == "new":  # a resumed run's time is only its remainder: it would shrink the estimate
+            self.durations.append(seconds)
+
+    def summary(self) -> str:
+        c = self.counts
+        return (f"sweep finished: {sum(c.values())} runs ({c['new']} trained, {c['resume']} resumed, "
+                f"{c['done']} finished earlier) in {_clock(self.clock() - self.start)}")
+
+
+def _train_one(config: TrainConfig, state: str, should_stop) -> None:
     from cnnlab.engine import fit
 
-    out, runs = plan(path)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (name, config) in enumerate(runs, 1):
-        folder = Path(config.out)
-        if (folder / "summary.json").is_file():
-            log(f"[{i}/{len(runs)}] {name}: done earlier, skipped")
+    folder = Path(config.out)
+    if state == "resume":
+        fit(None, resume=str(folder), should_stop=should_stop)
+        return
+    if folder.exists():  # stopped before its first checkpoint: nothing to keep
+        shutil.rmtree(folder)
+    fit(config, should_stop=should_stop)
+
+
+def run_sweep(sweep, report: bool = True, log=print, should_stop=None, clock=time.monotonic) -> Path:
+    """Run every planned run that has not finished, then write the sweep's report into OUT/report/.
+
+    `sweep` is a planned Sweep or a sweep file. `should_stop(run name, epoch, step)`, if given, reaches each run's
+    loop like Ctrl-C would: the run saves last.pt and SystemExit(130) ends the sweep, to be started again.
+    """
+    sweep = sweep if isinstance(sweep, Sweep) else plan(sweep)
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    states = [run_state(Path(config.out)) for _, config in sweep.runs]
+    progress = SweepProgress(sum(s != "done" for s in states), clock)
+    n = len(sweep.runs)
+    for k, ((name, config), state) in enumerate(zip(sweep.runs, states), 1):
+        if state == "done":
+            log(f"[{k}/{n}] {name}: finished earlier, skipped")
+            progress.finished(state)
             continue
-        if (folder / "last.pt").is_file():
-            log(f"[{i}/{len(runs)}] {name}: resuming")
-            fit(None, resume=str(folder))
-            continue
-        if folder.exists():  # stopped before its first checkpoint: nothing to keep
-            shutil.rmtree(folder)
-        log(f"[{i}/{len(runs)}] {name}")
-        fit(config)
+        log(f"[{k}/{n}] {name}{' (resuming)' if state == 'resume' else ''} — {progress.status()}")
+        start = clock()
+        try:
+            _train_one(config, state, functools.partial(should_stop, name) if should_stop else None)
+        except SystemExit:
+            log(f"sweep stopped in run {k}/{n}; start the same `cnnlab sweep` command again to continue it")
+            raise
+        progress.finished(state, clock() - start)
+    log(progress.summary())
     if report:
         from cnnlab.report import write_report
 
-        target = write_report([Path(c.out) for _, c in runs], out / "report")
+        target = write_report([Path(c.out) for _, c in sweep.runs], sweep.out / "report")
         log(f"report: {target}")
-    return out
+    return sweep.out
