@@ -5,9 +5,13 @@ import os
 import pickle
 import shutil
 import tarfile
+import tempfile
 import zipfile
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from cnnlab.cli import main
 from cnnlab.data import official as download_module
@@ -106,45 +110,95 @@ def test_malicious_pickle_is_refused_and_runs_nothing(capsys, tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}, protocol=2))
+    payload = pickle.dumps({b"data": Evil(), b"labels": []}, protocol=2)
+    pickle.loads(payload)  # the control: a plain unpickler runs it, so its refusal below means something
+    assert marker.exists()
+    marker.unlink()
+    (folder / "data_batch_3").write_bytes(payload)
     archive = tar_folder(folder, tmp_path / "cifar-10-python.tar.gz")
     err = fails(capsys, tmp_path, archive)
     assert "refuses to run" in err and "system" in err
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("bad_name", ["../escape.png", "/etc/evil.png", "train/../../up.png"])
-def test_tar_with_unsafe_member_names(capsys, tmp_path, bad_name):
-    folder, _ = write_image_folder(tmp_path / "tree", per_class=1)
-    archive = tmp_path / "evil.tar"
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """A folder three levels below tmp_path that is the working directory, HOME, the temp folder and the default
+    cache's parent: whatever a reader writes, and wherever a member named with up to two `..` would land,
+    is inside tmp_path, where `files_under` sees it."""
+    box = tmp_path / "one" / "two" / "box"
+    for sub in ("home", "tmp"):
+        (box / sub).mkdir(parents=True)
+    monkeypatch.chdir(box)
+    monkeypatch.setenv("HOME", str(box / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(box / "home" / ".cache"))
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(box / "default-cache"))
+    monkeypatch.setenv("TMPDIR", str(box / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(box / "tmp"))
+    return box
+
+
+def files_under(root) -> dict:
+    """Every file and link under root with its bytes (links: their target)."""
+    return {str(p): os.readlink(p) if p.is_symlink() else p.read_bytes() for p in sorted(Path(root).rglob("*"))
+            if p.is_file() or p.is_symlink()}
+
+
+ABSOLUTE = Path("/etc/cnnlab-test-evil.png")
+
+
+@pytest.mark.parametrize("bad_name", ["../escape.png", str(ABSOLUTE), "train/../../up.png", "./../../../x.png"])
+def test_tar_with_unsafe_member_names(capsys, tmp_path, sandbox, bad_name):
+    folder, _ = write_image_folder(sandbox / "tree", per_class=1)
+    archive = sandbox / "evil.tar"
+    payload = png_bytes(rng_images(1, seed=99)[0])
     with tarfile.open(archive, "w") as tar:
         tar.add(folder, arcname=".")
-        data = png_bytes(rng_images(1)[0])
         info = tarfile.TarInfo(bad_name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    err = fails(capsys, tmp_path, archive)
-    assert "unsafe member name" in err
-    assert not (tmp_path / "escape.png").exists() and not (tmp_path.parent / "up.png").exists()
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    assert not ABSOLUTE.exists()
+    before = files_under(tmp_path)
+    err = fails(capsys, sandbox, archive)
+    assert "unsafe member name" in err and repr(bad_name) in err
+    # nothing written anywhere: not beside the archive, the cache, the working directory, HOME or the temp folder
+    assert files_under(tmp_path) == before
+    assert not ABSOLUTE.exists()
 
 
-def test_zip_with_unsafe_member_names(capsys, tmp_path):
-    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
-        z.writestr("../../evil.txt", "x")
-    assert "unsafe member name" in fails(capsys, tmp_path, tmp_path / "evil.zip")
+def test_zip_with_unsafe_member_names(capsys, tmp_path, sandbox):
+    with zipfile.ZipFile(sandbox / "evil.zip", "w") as z:
+        z.writestr("tiny-imagenet-200/wnids.txt", "n00000001\n")
+        z.writestr("../../evil.txt", "cnnlab-escaped-payload")
+    before = files_under(tmp_path)
+    assert "unsafe member name" in fails(capsys, sandbox, sandbox / "evil.zip")
+    assert files_under(tmp_path) == before
 
 
-def test_links_in_a_tar_are_not_followed(tmp_path):
-    folder, _ = write_image_folder(tmp_path / "tree", per_class=1)
-    archive = tmp_path / "links.tar"
+def test_links_in_a_tar_are_not_followed(tmp_path, sandbox):
+    folder, truth = write_image_folder(sandbox / "tree", per_class=1)
+    # A readable image outside the archive: a reader that followed a link to it would decode an eleventh image.
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(png_bytes(rng_images(1, seed=7)[0]))
+    archive = sandbox / "links.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(folder, arcname=".")
-        link = tarfile.TarInfo("train/cat/9999.png")
-        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-        tar.addfile(link)
+        for name, kind, target in [("train/cat/9997.png", tarfile.SYMTYPE, str(outside)),
+                                   ("train/cat/9998.png", tarfile.SYMTYPE, "../../../../outside.png"),
+                                   ("train/cat/9999.png", tarfile.SYMTYPE, "/etc/passwd"),
+                                   ("train/dog/9999.png", tarfile.LNKTYPE, str(outside))]:
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, target
+            tar.addfile(link)
     from cnnlab.data import load_dataset
 
-    assert len(load_dataset(None, archive, cache_dir=tmp_path / "c").train) == 10  # the link was skipped
+    before = files_under(tmp_path)
+    ds = load_dataset(None, archive, cache_dir=sandbox / "c")
+    assert len(ds.train) == 10 and ds.train.labels.tolist() == list(range(10))  # the links were skipped
+    assert np.array_equal(ds.train.images[3], truth["train/cat/0000.png"])
+    assert not (ds.train.images == np.asarray(Image.open(outside))).all(axis=(1, 2, 3)).any()
+    new = set(files_under(tmp_path)) - set(before)
+    assert new and all(Path(p).is_relative_to(sandbox / "c") for p in new), new  # only the cache was written
 
 
 def test_download_checksum_mismatch(capsys, tmp_path, monkeypatch):
