@@ -24,11 +24,14 @@ def test_device_loader_on_cuda_matches_the_cpu_loader_without_augmentation():
     labels = np.arange(64)
     cpu = DeviceLoader(images, labels, batch_size=16, channels_last=False)
     gpu = DeviceLoader(images, labels, batch_size=16, device="cuda", channels_last=True)
-    for (x1, y1), (x2, y2) in zip(cpu, gpu):
+    cpu_batches, gpu_batches = list(cpu), list(gpu)
+    assert len(cpu_batches) == len(gpu_batches) == 4
+    for (x1, y1), (x2, y2) in zip(cpu_batches, gpu_batches):
         assert x2.is_cuda and x2.is_contiguous(memory_format=torch.channels_last)
         assert torch.allclose(x1, x2.cpu(), atol=1e-6) and torch.equal(y1, y2.cpu())
     train = DeviceLoader(images, labels, batch_size=16, device="cuda", train=True, augment=augment_preset("speedrun"))
-    assert sum(len(y) for _, y in train) == 64
+    seen = torch.cat([y for _, y in train]).cpu()
+    assert sorted(seen.tolist()) == list(range(64))  # every image exactly once per epoch
 
 
 def test_fused_sgd_matches_the_foreach_step():
