@@ -1,12 +1,18 @@
-"""`cnnlab train / eval / predict` on the real shared MNIST and CIFAR-10 (skipped where they are absent)."""
+"""`cnnlab train / eval / predict` as a user runs them: on a tiny fixture whose classes are colours (always), and on
+the real shared MNIST and CIFAR-10 (skipped where they are absent)."""
 
 import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from cnnlab.cli import main
+from cnnlab.models import create_model
+from data_fixtures import CIFAR10
 from test_data_real import shared
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -21,6 +27,66 @@ def train(tmp_path, cache, *argv):
     out = tmp_path / "run"
     assert main(["train", *map(str, argv), "--cache-dir", cache, "--out", str(out)]) == 0
     return out, json.loads((out / "summary.json").read_text())
+
+
+# One colour per class, far apart, so that a correct pipeline cannot miss and a wrong one cannot guess.
+COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (250, 250, 250), (10, 10, 10)]
+
+
+def colour_folder(root: Path, per_class=(6, 2), size=8) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "test"), per_class):
+        for cls, colour in zip(CIFAR10, COLOURS):
+            (root / split / cls).mkdir(parents=True)
+            for k in range(n):
+                noise = rng.integers(-12, 13, (size, size, 3))
+                Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)).save(
+                    root / split / cls / f"{k}.png")
+    return root
+
+
+def test_train_then_predict_names_the_right_class_with_the_models_probabilities(tmp_path, capsys):
+    data = colour_folder(tmp_path / "colours")
+    out = tmp_path / "run"
+    assert main(["train", "--model", "softmax", "--dataset", "cifar10", "--data", str(data), "--augment", "none",
+                 "--epochs", "4", "--batch-size", "10", "--lr", "0.1", "--momentum", "0.9", "--val-split", "0",
+                 "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["test_top1"] == 1.0
+    # Images as a user has them: other sizes, a JPEG, an RGBA PNG
+    images = []
+    for cls, size, fmt in (("cat", (20, 14), "PNG"), ("ship", (40, 40), "JPEG"), ("truck", (8, 8), "PNG")):
+        colour = COLOURS[CIFAR10.index(cls)]
+        path = tmp_path / f"my {cls}.{fmt.lower()}"
+        Image.new("RGBA" if cls == "truck" else "RGB", size, colour).save(path, format=fmt)
+        images.append((path, cls))
+    # Between two classes the probabilities are far from 0 and 1, so a preprocessing slip would show in them.
+    mix = tuple((a + b) // 2 for a, b in zip(COLOURS[CIFAR10.index("cat")], COLOURS[CIFAR10.index("dog")]))
+    Image.new("RGB", (12, 12), mix).save(tmp_path / "cat or dog.png")
+    images.append((tmp_path / "cat or dog.png", ("cat", "dog")))
+    capsys.readouterr()
+    assert main(["predict", str(out), *(str(p) for p, _ in images), "--topk", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(images)
+    # The reference: the checkpoint's weights applied by hand to the image preprocessed as training saw it.
+    checkpoint = torch.load(out / "best.pt", weights_only=True)
+    model = create_model(**checkpoint["model_options"])
+    model.load_state_dict(checkpoint["model"])
+    mean, std = torch.tensor(checkpoint["mean"]), torch.tensor(checkpoint["std"])
+    for line, (path, cls) in zip(lines, images):
+        prefix, _, rest = line.partition(": ")
+        assert prefix == str(path)
+        top = [(name, float(p)) for name, p in (item.rsplit(" ", 1) for item in rest.split(", "))]
+        assert len(top) == 3 and (top[0][0] == cls or {top[0][0], top[1][0]} == set(cls)), line
+        assert [p for _, p in top] == sorted((p for _, p in top), reverse=True) and sum(p for _, p in top) <= 1.001
+        with Image.open(path) as im:
+            pixels = np.asarray(im.convert("RGB").resize((8, 8), Image.BILINEAR), np.float32) / 255
+        x = ((torch.from_numpy(pixels) - mean) / std).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            probs = torch.softmax(model.eval()(x), 1)[0]
+        # the three most probable classes, each with its probability as printed (ties may print in any order)
+        assert all(abs(p - float(probs[CIFAR10.index(name)])) <= 5e-4 + 1e-6 for name, p in top), (line, probs)
+        assert min(p for _, p in top) >= float(probs.sort(descending=True).values[3]) - 5e-4, (line, probs)
 
 
 def test_softmax_regression_on_mnist_reaches_90_percent(tmp_path, cache):
