@@ -14,10 +14,13 @@ MFU is n/a. The reference here is the eager model: the compiled column shows wha
     python benchmarks/throughput.py                         # on a GPU: batch 512, 50 timed steps
     python benchmarks/throughput.py --device cpu --quick    # CPU-sized: batch 16, 3 steps, eager only (< 1 min)
 
-Target: ≥ 40 % MFU for ResNet-18 at 32×32 (compiled, bf16) on a GPU.
+Target: ≥ 40 % MFU for ResNet-18 at 32×32 (compiled, bf16) on a GPU — printed, never enforced. The script exits 1 on a
+wrong result: a loss that is not finite, or that does not fall over the repeated steps on its one batch.
 """
 
 import argparse
+import math
+import sys
 import time
 
 import torch
@@ -62,7 +65,9 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> float | N
 
 
 def time_steps(model, x, y, optimizer, autocast, warmup, steps):
-    """Seconds for `steps` training steps after `warmup` untimed ones; also the warm-up's seconds."""
+    """Seconds for `steps` training steps after `warmup` untimed ones; also the warm-up's seconds and every step's
+    loss (kept on the device until the clock stops, so reading them costs no synchronisation inside it)."""
+    losses = []
 
     def step():
         with autocast:
@@ -71,6 +76,7 @@ def time_steps(model, x, y, optimizer, autocast, warmup, steps):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        losses.append(loss.detach())
 
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     start = time.perf_counter()
@@ -82,7 +88,16 @@ def time_steps(model, x, y, optimizer, autocast, warmup, steps):
     for _ in range(steps):
         step()
     sync()
-    return time.perf_counter() - start, warm
+    return time.perf_counter() - start, warm, [float(v) for v in losses]
+
+
+def loss_problem(losses: list[float]) -> str | None:
+    """What is wrong with the losses of repeated steps on one batch, or None: they must be finite and fall."""
+    if not all(math.isfinite(v) for v in losses):
+        return f"a loss is not finite: {losses}"
+    if len(losses) > 1 and not losses[-1] < losses[0]:
+        return f"the loss did not fall over {len(losses)} steps on one batch: {losses[0]:.4f} → {losses[-1]:.4f}"
+    return None
 
 
 def main():
@@ -124,7 +139,10 @@ def main():
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     memory_format = torch.channels_last if cuda else torch.contiguous_format
-    config = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    # lr 0.01, not 0.1: the speed is the same, and at 0.1 a fresh ResNet-18 on one batch of 16 diverges within four
+    # steps, so the loss could not tell a step that trains from one that does not.
+    config = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    problems = []
     for model_name, size, classes, options in CASES:
         with torch.device("meta"):
             macs = count_macs(create_model(model_name, classes, image_size=size, **options), (3, size, size))
@@ -137,16 +155,25 @@ def main():
             model = model.to(device, memory_format=memory_format).train()
             optimizer = build_optimizer(model, config)
             run = torch.compile(model, mode=args.compile_mode) if mode == "compiled" else model
-            seconds, warm = time_steps(run, x, y, optimizer, autocast, warmup, steps)
+            seconds, warm, losses = time_steps(run, x, y, optimizer, autocast, warmup, steps)
             ips = steps * batch / seconds
             eager_ips = eager_ips or ips
             flops = ips * 3 * macs * 2
             mfu = f"{flops / peak * 100:.1f}%" if peak else "n/a"
             print(f"{model_name:<9} {size:>4} {macs / 1e9:>6.2f} {mode:<9} {ips:>9.0f} {flops / 1e12:>8.2f} "
-                  f"{mfu:>6} {warm:>9.1f} {ips / eager_ips:>7.2f}×", flush=True)
+                  f"{mfu:>6} {warm:>9.1f} {ips / eager_ips:>7.2f}×  loss {losses[0]:.3f} → {losses[-1]:.3f}",
+                  flush=True)
+            problem = loss_problem(losses)
+            if problem:
+                problems.append(f"{model_name} {size}px {mode}: {problem}")
             del run, model, optimizer
             if cuda:
                 torch.cuda.empty_cache()
+    # The MFU target is a timing: printed, never failing. A step that does not train is a wrong result.
+    if problems:
+        print("WRONG RESULT:\n  " + "\n  ".join(problems), file=sys.stderr)
+        sys.exit(1)
+    print("results: every case trained (finite losses, falling on its batch); timings are reported, not enforced")
 
 
 if __name__ == "__main__":
