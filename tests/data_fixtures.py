@@ -120,8 +120,9 @@ def wnids(n=200):
     return [f"n{10000000 + k:08d}" for k in range(n)]
 
 
-def write_tinyimagenet(root: Path, train_classes=3, per_class=2, n_val=4, n_test=2, as_zip=True):
-    """tiny-imagenet-200/ with all 200 wnids, a few train/val/test images (one grayscale), zipped like the original."""
+def write_tinyimagenet(root: Path, train_classes=200, per_class=1, n_val=4, n_test=2, as_zip=True):
+    """tiny-imagenet-200/ with all 200 wnids, train images for the first `train_classes` (a complete copy has
+    all 200), a few val/test images (one grayscale), zipped like the original."""
     ids = wnids()
     base = "tiny-imagenet-200/"
     files = {base + "wnids.txt": "\n".join(ids[::-1]).encode(),  # not sorted, like the official file

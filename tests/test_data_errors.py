@@ -20,9 +20,10 @@ from data_fixtures import (png_bytes, rng_images, tar_folder, write_cifar10_pyth
 
 
 def fails(capsys, tmp_path, *argv):
-    """Run `cnnlab data info …` with a private cache; return the error line after checking its form."""
+    """Run `cnnlab data prepare …` (which decodes everything; `info` reads only metadata) with a private cache;
+    return the error line after checking its form."""
     cache = tmp_path / "cache"
-    code = main(["data", "info", *map(str, argv), "--cache-dir", str(cache)])
+    code = main(["data", "prepare", *map(str, argv), "--cache-dir", str(cache)])
     out, err = capsys.readouterr()
     assert code == 2, out
     assert err.startswith("cnnlab: error: ") and err.count("\n") == 1, err
@@ -62,9 +63,11 @@ def test_corrupt_image_is_named_and_can_be_skipped(capsys, tmp_path):
     (folder / "train/cat/0001.png").write_bytes(b"\x89PNG garbage")
     err = fails(capsys, tmp_path, folder)
     assert "train/cat/0001.png" in err and "--skip-bad-images" in err
+    code = main(["data", "prepare", str(folder), "--skip-bad-images", "--cache-dir", str(tmp_path / "c2")])
+    assert code == 0 and "19 train" in capsys.readouterr().out
     code = main(["data", "info", str(folder), "--skip-bad-images", "--cache-dir", str(tmp_path / "c2")])
-    out = capsys.readouterr().out
-    assert code == 0 and "19 images" in out and "skipped:    1" in out
+    out = capsys.readouterr().out  # info reads the prepared cache, which counted the skipped image
+    assert code == 0 and "19 images" in out and "skipped:    1" in out and "prepared cache" in out
 
 
 def test_labels_out_of_range(capsys, tmp_path):

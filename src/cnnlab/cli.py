@@ -37,7 +37,7 @@ def _data_options(args) -> dict:
 def _data_info(args) -> None:
     from cnnlab.data import dataset_info
 
-    info = dataset_info(args.path, args.dataset, **({} if args.dataset == "imagenet" else _data_options(args)))
+    info = dataset_info(args.path, args.dataset, **_data_options(args))
     print(f"path:       {info['path']}")
     print(f"dataset:    {info['dataset']}")
     print(f"format:     {info['format']}")
@@ -57,6 +57,7 @@ def _data_info(args) -> None:
         print(line)
     if info["notes"].get("bad_images_skipped"):
         print(f"skipped:    {info['notes']['bad_images_skipped']} unreadable images (--skip-bad-images)")
+    print(f"read:       {info['read']}")
 
 
 def _data_prepare(args) -> None:
@@ -91,7 +92,7 @@ def _eval(args) -> None:
     from cnnlab.evaluate import evaluate_run
 
     result = evaluate_run(args.target, args.split, args.data, args.device)
-    print(f"{result['split']}: loss {result['loss']:.4f}"
+    print(f"{result['split']} ({result['n']} images): loss {result['loss']:.4f}"
           + (f"  top-1 {result['acc']:.4f}" if "acc" in result else "")
           + (f"  top-5 {result['top5']:.4f}" if "top5" in result else ""))
     for name, acc in result.get("per_class", {}).items():
@@ -108,9 +109,13 @@ def _predict(args) -> None:
 
 
 def _sweep(args) -> None:
-    from cnnlab.sweep import run_sweep
+    from cnnlab.sweep import describe, parse_settings, plan, run_sweep
 
-    run_sweep(args.file, report=not args.no_report)
+    sweep = plan(args.file, data_root=args.data_root, overrides=parse_settings(args.set))
+    if args.dry_run:
+        print("\n".join(describe(sweep)))
+    else:
+        run_sweep(sweep, report=not args.no_report)
 
 
 def _si(n: int) -> str:
@@ -165,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="run a grid of configurations × seeds, then report mean ± std")
     sweep.add_argument("file", help="a sweep TOML file ([sweep], [base], [[variant]], [grid]); see configs/")
     sweep.add_argument("--no-report", action="store_true", help="only run; skip the report at the end")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="print each run's folder, the settings that differ and its data file; train and create "
+                            "nothing")
+    sweep.add_argument("--data-root", metavar="DIR",
+                       help="the folder relative `data` values resolve against (default: the file's [sweep] "
+                            "data_root, else the current folder)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="replace a [base] setting for every run, e.g. --set epochs=1 (a TOML value, else text); "
+                            "repeatable")
     sweep.set_defaults(run=_sweep)
 
     from cnnlab.report.command import add_report_parser
@@ -173,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="inspect and prepare datasets").add_subparsers(
         dest="data_command", required=True, metavar="ACTION")
-    for action, run, text in (("info", _data_info, "print the format, splits, classes and checksum of a dataset"),
+    for action, run, text in (("info", _data_info, "print the format, splits, classes and checksum of a dataset "
+                                                        "(from the cache or the file names; decodes nothing)"),
                               ("prepare", _data_prepare, "decode a dataset once into the on-disk cache")):
         sub = data.add_parser(action, help=text)
         sub.add_argument("path", help="the dataset's folder or archive (with --download: where to save it)")

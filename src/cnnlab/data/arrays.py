@@ -58,6 +58,17 @@ class Dataset:
         return self
 
 
+@dataclass
+class Index:
+    """An image dataset as its metadata and file names tell it, before any image is decoded: what `cnnlab data
+    info` prints, and what a reader checks before the slow part."""
+
+    classes: list[str]
+    files: dict[str, list[str]]  # split → member names
+    labels: dict[str, np.ndarray]  # split → int64 labels (-1: unlabelled)
+    notes: dict = field(default_factory=dict)
+
+
 def split_train_val(labels: np.ndarray, fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Stratified hold-out: about `fraction` of each class goes to validation. Returns sorted (train, val) indices.
 

@@ -85,3 +85,30 @@ def save(cache_dir: Path, key: str, label: str, dataset: Dataset) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _name_file(cache_dir: Path, path: Path) -> Path:
+    return Path(cache_dir) / "detected" / cache_key(path, {})
+
+
+def remembered_name(cache_dir: Path, path: Path) -> str | None:
+    """The dataset a successful load found in these exact files (same path, sizes and times), if one did."""
+    try:
+        return _name_file(cache_dir, path).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def remember_name(cache_dir: Path, path: Path, name: str) -> None:
+    """Record which dataset these files hold, so detecting it again needs no listing of a large archive."""
+    target = _name_file(cache_dir, path)
+    if remembered_name(cache_dir, path) == name:
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(name)
+        os.replace(tmp, target)
+    except OSError:  # a read-only cache only costs the next detection its listing
+        pass

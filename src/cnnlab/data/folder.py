@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from cnnlab.data.arrays import Dataset, Split
+from cnnlab.data.arrays import Dataset, Index, Split
 from cnnlab.data.images import decode_all, is_image
 from cnnlab.data.source import Source
 from cnnlab.errors import CnnlabError
@@ -47,17 +47,25 @@ def check_same_classes(train: dict, test: dict, source: Source) -> list[str]:
     return sorted(train)
 
 
-def read_image_folder(source: Source, dataset: str = "images", skip_bad: bool = False, **_) -> Dataset:
+def index(source: Source) -> Index:
+    """The splits' classes and files from the names alone (no image decoded)."""
     tree = list_tree(source.names())
     train_name, test_name = split_folders(source, tree)
     classes = check_same_classes(tree[train_name], tree[test_name], source)
+    files, labels = {}, {}
+    for split, folder in (("train", train_name), ("test", test_name)):
+        files[split] = [n for c in classes for n in sorted(tree[folder][c])]
+        labels[split] = np.array([i for i, c in enumerate(classes) for _ in tree[folder][c]], np.int64)
+    return Index(classes, files, labels, {"test_folder": test_name})
+
+
+def read_image_folder(source: Source, dataset: str = "images", skip_bad: bool = False, **_) -> Dataset:
+    meta = index(source)
     mode = "L" if dataset == "mnist" else "RGB"
     splits, skipped = {}, 0
-    for split, folder in (("train", train_name), ("test", test_name)):
-        names = [n for c in classes for n in sorted(tree[folder][c])]
-        labels = np.array([i for i, c in enumerate(classes) for _ in tree[folder][c]], np.int64)
+    for split, names in meta.files.items():
         images, kept = decode_all([source.read(n) for n in names], [source.where(n) for n in names], mode, skip_bad)
         skipped += len(names) - len(kept)
-        splits[split] = Split(images, labels[kept])
-    notes = {"bad_images_skipped": skipped, "test_folder": test_name}
-    return Dataset(dataset, "image-folder", classes, splits, notes=notes).check()
+        splits[split] = Split(images, meta.labels[split][kept])
+    notes = {"bad_images_skipped": skipped, "test_folder": meta.notes["test_folder"]}
+    return Dataset(dataset, "image-folder", meta.classes, splits, notes=notes).check()

@@ -16,6 +16,7 @@ class Format:
     marker: str  # a file whose presence identifies the format; its folder becomes the source's root
     reader: Callable
     siblings: tuple[str, ...] = ()  # further files that must sit beside the marker
+    index: Callable | None = None  # classes and files from the names alone, for formats whose images need decoding
 
 
 FORMATS = [
@@ -23,11 +24,12 @@ FORMATS = [
     Format("cifar10-binary", "cifar10", "data_batch_1.bin", cifar.read_cifar10_binary),
     Format("cifar100-binary", "cifar100", "train.bin", cifar.read_cifar100_binary, ("fine_label_names.txt",)),
     Format("cifar100-python", "cifar100", "meta", cifar.read_cifar100_python, ("train", "test")),
-    Format("tinyimagenet", "tinyimagenet", "wnids.txt", tinyimagenet.read_tinyimagenet, ("val/val_annotations.txt",)),
+    Format("tinyimagenet", "tinyimagenet", "wnids.txt", tinyimagenet.read_tinyimagenet, ("val/val_annotations.txt",),
+           tinyimagenet.index),
     Format("mnist-idx", "mnist", "train-images-idx3-ubyte", mnist.read_mnist_idx),
     Format("mnist-idx", "mnist", "train-images-idx3-ubyte.gz", mnist.read_mnist_idx),
 ]
-IMAGE_FOLDER = Format("image-folder", "", "train/<class>/<image>", folder.read_image_folder)
+IMAGE_FOLDER = Format("image-folder", "", "train/<class>/<image>", folder.read_image_folder, index=folder.index)
 FORMAT_NAMES = sorted({f.name for f in FORMATS} | {IMAGE_FOLDER.name})
 
 

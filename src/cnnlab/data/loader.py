@@ -137,10 +137,27 @@ class EpochOrder:
     order: torch.Tensor | None = None
     epochs_started: int = 0  # epochs begun, the current one included (a resumed epoch is not begun again)
     _resume: tuple[torch.Tensor, int] | None = None
+    # A last batch smaller than this joins the one before it: batch norm cannot normalise a batch of one image
+    # (nor a process's share of one under torchrun), and dropping it would make full-batch gradients inexact.
+    min_last: int = 1
 
     def __len__(self) -> int:
-        n = self.num_examples
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        full, rest = divmod(self.num_examples, self.batch_size)
+        if self.drop_last:
+            return full
+        return full + (rest > 0 and (rest >= self.min_last or full == 0))
+
+    def bounds(self, batch: int) -> tuple[int, int]:
+        """Positions [start, stop) of batch `batch` in the epoch's order; the last one takes any merged rest."""
+        start = batch * self.batch_size
+        last = batch == len(self) - 1 and not self.drop_last
+        return start, self.num_examples if last else start + self.batch_size
+
+    @property
+    def merged_rest(self) -> int:
+        """Images of a too-small last batch that ride along with the one before it (0: none)."""
+        full, rest = divmod(self.num_examples, self.batch_size)
+        return rest if full and rest and rest < self.min_last and not self.drop_last else 0
 
     def resume_from(self, order: torch.Tensor, batch: int) -> None:
         """Make the next iteration continue an epoch: same order, starting at batch index `batch`."""
@@ -199,7 +216,8 @@ class DeviceLoader(EpochOrder):
     def __iter__(self):
         first = self.next_order()
         for b in range(first, len(self)):
-            idx = self.order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]
+            start, stop = self.bounds(b)
+            idx = self.order[start:stop][self.rank::self.world_size]
             yield self.prepare(self.images[idx], idx), self.labels[idx]
 
     def prepare(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:

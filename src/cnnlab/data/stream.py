@@ -278,9 +278,8 @@ class StreamLoader(EpochOrder):
 
     def __iter__(self):
         first = self.next_order()
-        chosen = self.indices[self.order[first * self.batch_size:len(self) * self.batch_size]].tolist()
-        batches = [chosen[i:i + self.batch_size][self.rank::self.world_size]
-                   for i in range(0, len(chosen), self.batch_size)]
+        batches = [self.indices[self.order[slice(*self.bounds(b))]].tolist()[self.rank::self.world_size]
+                   for b in range(first, len(self))]
         worker_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator)) + self.rank
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
