@@ -148,7 +148,7 @@ def run_cnnlab(exp, args, device, out):
     """Train and test through `fit`; returns (wall seconds, training images/s, test top-1)."""
     config = TrainConfig(model=exp.model, dataset="cifar10", data=args.data, cache_dir=args.cache_dir,
                          val_split=0.0, epochs=exp.epochs, batch_size=exp.batch, optimizer="sgd", lr=exp.lr,
-                         momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
+                         momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="triangular",
                          label_smoothing=0.1, precision="bf16" if device.type == "cuda" else "fp32",
                          compile=args.compile, device=device.type, seed=args.seed, out=str(out))
     start = time.perf_counter()

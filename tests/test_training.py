@@ -92,7 +92,7 @@ def test_schedules():
     assert [round(step(s), 6) for s in (0, 5, 6, 11, 12, 19)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
     cos = lr_multiplier(TrainConfig(epochs=4, schedule="cosine"), 10)
     assert cos(0) == 1 and cos(20) == pytest.approx(0.5) and cos(40) == pytest.approx(0)
-    one = lr_multiplier(TrainConfig(epochs=10, schedule="onecycle"), 10)
+    one = lr_multiplier(TrainConfig(epochs=10, schedule="triangular"), 10)
     assert one(0) < 0.05 and one(29) == pytest.approx(1) and one(99) < 0.02
 
 

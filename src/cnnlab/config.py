@@ -33,11 +33,15 @@ class TrainConfig:
     activation: str | None = _f(None, "MLP activation: relu, sigmoid or tanh")
     batch_norm: bool | None = _f(None, "MLP batch norm between affine map and activation")
     # data
-    dataset: str = _f("mnist", "cifar10, cifar100, tinyimagenet, mnist or synthetic-linear")
+    dataset: str | None = _f(None, "cifar10, cifar100, tinyimagenet, imagenet, mnist or synthetic-linear "
+                                   "(default: detected from --data)")
     data: str | None = _f(None, "the dataset's folder or archive")
     labels: str = _f("fine", "CIFAR-100 label set", ("fine", "coarse"))
     val_split: float = _f(0.1, "fraction of the training set held out for validation (stratified)")
-    subset: int | None = _f(None, "use only the first N training images (before the validation split)")
+    subset: int | None = _f(None, "train on N training images, drawn by a fixed shuffle (archives are sorted by "
+                                  "class), before the validation split")
+    test_subset: int | None = _f(None, "test on N test images, drawn by a fixed shuffle, for quick runs "
+                                       "(summary.json records test_size)")
     augment: str | None = _f(None, "augmentation preset (default: the dataset's; `none` switches it off)")
     cutout: int = _f(0, "cutout square size in pixels (0 = off)")
     cache_dir: str | None = _f(None, "prepared-dataset cache (default: ~/.cache/cnnlab)")
@@ -46,7 +50,9 @@ class TrainConfig:
     workers: int = _f(4, "streamed datasets: DataLoader worker processes")
     # optimisation
     epochs: int = _f(10, "passes over the training split")
-    batch_size: int | str = _f(128, "examples per step, or `all` for full-batch gradient descent")
+    batch_size: int | str = _f(128, "examples per step: 1 is SGD, `all` full-batch gradient descent (the exact "
+                                    "mean gradient, accumulated over chunks of 1024; batch norm then normalises "
+                                    "each chunk with its own statistics). Momentum applies unless --momentum 0")
     optimizer: str = _f("sgd", "sgd (momentum v = βv + g, W -= αv) or adamw", ("sgd", "adamw"))
     lr: float = _f(0.1, "learning rate α")
     momentum: float = _f(0.9, "momentum β (sgd); 0 for plain SGD")
@@ -55,10 +61,12 @@ class TrainConfig:
     decay_all: bool = _f(False, "also decay biases and batch-norm parameters")
     norm_lr_scale: float = _f(1.0, "lr multiplier for batch-norm parameters; their decay is divided by it, so the "
                                    "decay per step stays (speedrun: 64)")
-    schedule: str = _f("constant", "learning-rate schedule", ("constant", "step", "cosine", "onecycle"))
+    schedule: str = _f("constant", "learning-rate schedule; triangular rises linearly during the warm-up, then "
+                                   "falls linearly to 0 (not PyTorch's cosine OneCycleLR; `onecycle` is read as "
+                                   "triangular)", ("constant", "step", "cosine", "triangular"))
     milestones: list[int] = _f([], "step schedule: epochs at which lr is multiplied by gamma")
     gamma: float = _f(0.1, "step schedule factor")
-    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (onecycle: the rising part; default 30 %)")
+    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (triangular: the rising part; default 30 %)")
     label_smoothing: float = _f(0.0, "label smoothing ε for the cross-entropy")
     lookahead_epoch: int = _f(0, "from this epoch on, every 5 steps pull the weights to their moving average "
                                  "(Lookahead; the average's decay rises to 0.95⁵ by the end); 0 = off")
@@ -66,8 +74,11 @@ class TrainConfig:
                   ("none", "flip", "flip-translate"))
     early_stop_metric: str | None = _f(None, "stop early on val_loss or val_acc (default: off)",
                                        (None, "val_loss", "val_acc"))
-    early_stop_delta: float = _f(0.0, "an epoch improves only if it beats the best by more than this")
-    early_stop_patience: int = _f(3, "epochs without improvement before stopping")
+    early_stop_delta: float = _f(0.0, "ε: an epoch improves only if it beats the reference (see --early-stop-rule) "
+                                      "by more than this")
+    early_stop_patience: int = _f(3, "epochs in a row without improvement before stopping")
+    early_stop_rule: str = _f("best", "improvement over the best value so far, or over the previous epoch (the "
+                                      "seed's rule)", ("best", "previous"))
     # engine
     precision: str = _f("fp32", "fp32, or bf16 autocast", ("fp32", "bf16"))
     compile: bool = _f(False, "torch.compile the model")
@@ -76,6 +87,11 @@ class TrainConfig:
     seed: int = _f(0, "seed for initialisation, split, shuffling and augmentation")
     out: str | None = _f(None, "run folder (default: runs/<model>-<dataset>-<time>)")
     checkpoint_every: int = _f(1, "write last.pt every N epochs")
+
+    @property
+    def full_batch(self) -> bool:
+        """`--batch-size all`: full-batch gradient descent."""
+        return self.batch_size == "all"
 
     def validate(self) -> "TrainConfig":
         def need(ok, name, allowed):
@@ -86,7 +102,7 @@ class TrainConfig:
         from cnnlab.models import model_info
 
         model_info(self.model)  # unknown names list the valid ones
-        need(self.dataset in DATASETS, "dataset", "choose one of: " + ", ".join(DATASETS))
+        need(self.dataset is None or self.dataset in DATASETS, "dataset", "choose one of: " + ", ".join(DATASETS))
         need(self.image_size >= 1 and self.resize_size >= self.image_size, "resize_size",
              "use a size ≥ --image-size")
         need(self.workers >= 0, "workers", "use an integer ≥ 0")
@@ -113,6 +129,7 @@ class TrainConfig:
              "use a number in (0, 1e6]")
         need(self.early_stop_patience >= 1, "early_stop_patience", "use a positive integer")
         need(self.subset is None or self.subset >= 2, "subset", "use an integer ≥ 2")
+        need(self.test_subset is None or self.test_subset >= 1, "test_subset", "use a positive integer")
         need(self.checkpoint_every >= 1, "checkpoint_every", "use a positive integer")
         need(not self.nesterov or self.momentum > 0, "nesterov", "Nesterov needs --momentum > 0")
         need(self.early_stop_metric is None or self.val_split > 0, "early_stop_metric",
@@ -189,6 +206,8 @@ def _coerce(f, value, origin: str):
             return value
         if f.name == "batch_size":
             return "all" if value == "all" else _int(value)
+        if f.name == "schedule" and value == "onecycle":
+            return "triangular"  # its old name, in config files written before the rename
         if "int" in kind and "float" not in kind:
             return _int(value)
         if "float" in kind:

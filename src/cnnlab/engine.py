@@ -28,7 +28,7 @@ from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.progress import Progress
 from cnnlab.tta import tta_logits
 from cnnlab.runs import METRIC_COLUMNS, TOP5_COLUMNS, RunFolder, default_run_path, environment
-from cnnlab.prepare import Data, build_data, model_options, resolve_device
+from cnnlab.prepare import Data, build_data, model_options, resolve_data, resolve_device
 
 DIST_STOP_CHECK_EVERY = 16  # steps between the ranks' checks for a stop request (SIGINT/SIGTERM)
 INIT_IMAGES = 5000  # training images a model's init_from_data sees (speednet's patch statistics)
@@ -49,7 +49,7 @@ def train_one_epoch(model, data: Data, optimizer, scheduler, criterion, autocast
     shard size × processes / global batch size, so DDP's average over processes is the global batch's mean.
     """
     model.train()
-    full = config.batch_size == "all"
+    full = config.full_batch
     loader = data.train
     progress = Progress(len(loader), epoch, config.epochs, log)
     step = first_batch
@@ -63,7 +63,8 @@ def train_one_epoch(model, data: Data, optimizer, scheduler, criterion, autocast
             # Weight each chunk by its share so the summed gradient is the exact mean over the training set.
             (loss * (len(y) * d.world_size / data.n_train)).backward()
         else:
-            global_n = min(loader.batch_size, data.n_train - step * loader.batch_size)
+            first, end = loader.bounds(step)
+            global_n = end - first
             optimizer.zero_grad(set_to_none=True)
             (loss * (len(y) * d.world_size / global_n)).backward()
             optimizer.step()
@@ -107,6 +108,48 @@ def evaluate(model, loader: DeviceLoader, task: str, num_classes: int, autocast=
     if return_predictions:
         return result, torch.cat(predictions)
     return result
+
+
+def has_batch_norm(model) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def guard_batch_norm(config: TrainConfig, data: Data, d: Dist) -> None:
+    """Batch norm cannot normalise one image (its variance is 0/0): refuse a batch of one, and let a last batch
+    that would leave a process one image join the batch before it."""
+    per_process = min(data.train.batch_size, data.n_train) // d.world_size
+    if per_process < 2:
+        size = f"{config.batch_size} over {d.world_size} processes" if d.enabled else str(config.batch_size)
+        raise CnnlabError(f"{config.model} uses batch norm, which cannot train on batches of one image (batch "
+                          f"size {size}); use --batch-size 2 or more, or a model without batch norm for plain SGD")
+    data.train.min_last = 2 * d.world_size
+    rest = data.train.merged_rest
+    if rest:
+        data.notes["merged_last_batch"] = rest
+
+
+def describe_method(config: TrainConfig, data: Data) -> str:
+    """The optimisation method in the seed's words, so that e.g. `--batch-size all` with the default momentum is
+    not mistaken for plain gradient descent."""
+    if config.full_batch:
+        method = f"full-batch gradient descent (the exact mean gradient over all {data.n_train} examples)"
+    elif config.batch_size == 1:
+        method = "stochastic gradient descent (one example per step)"
+    else:
+        method = f"minibatch SGD (batches of {config.batch_size})"
+    if config.optimizer == "adamw":
+        method += " with AdamW"
+    elif config.momentum:
+        method += f" with {'Nesterov ' if config.nesterov else ''}momentum {config.momentum} (--momentum 0: none)"
+    else:
+        method += " without momentum"
+    decay = f"weight decay {config.weight_decay}" if config.weight_decay else "no weight decay"
+    line = f"method: {method}; lr {config.lr}, {config.schedule} schedule; {decay}"
+    rest = data.notes.get("merged_last_batch")
+    if rest:
+        line += (f"; the last batch of each epoch would hold {rest} image{'s' if rest > 1 else ''}, too few for "
+                 f"batch norm, so it joins the batch before it ({data.train.batch_size + rest} images)")
+    return line
 
 
 def _checkpoint_state(model, optimizer, scheduler, early, data: Data, config: TrainConfig, options: dict,
@@ -170,7 +213,7 @@ def _fit(config, resume, should_stop, d: Dist) -> RunFolder:
             if epochs is not None and epochs != config.epochs:
                 config.epochs = epochs
                 rewrite_config = True  # written by _train once the run's files have passed their checks
-        config.validate()
+        resolve_data(config.validate())
         device = resolve_device(config.device)
         if device.type == "cuda" and d.enabled:
             device = torch.device("cuda", d.local_rank)
@@ -179,12 +222,14 @@ def _fit(config, resume, should_stop, d: Dist) -> RunFolder:
         torch.manual_seed(config.seed)
         wall_start = time.perf_counter()
         data = build_data(config, device, d=d)
-        options = model_options(config, data.image_shape, len(data.classes) or 1)
+        options = model_options(config, data.image_shape, len(data.classes) or 1, data.task)
         try:
             model = create_model(**options).to(device)
         except (MemoryError, RuntimeError) as e:  # e.g. --hidden 100000000000
             raise CnnlabError(f"cannot build {options['name']}: not enough memory for its layers "
                               f"({str(e).splitlines()[0][:80]}); use smaller --hidden sizes or another model") from None
+        if has_batch_norm(model):
+            guard_batch_norm(config, data, d)
         if checkpoint is None and hasattr(model, "init_from_data"):
             if not hasattr(data.train, "first_images"):
                 raise CnnlabError(f"{options['name']} sets its first layer from training images held in memory; "
@@ -214,13 +259,13 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
             model, device_ids=[device.index] if device.type == "cuda" else None)
     train_model = torch.compile(train_model) if config.compile else train_model
     optimizer = build_optimizer(model, config)
-    steps_per_epoch = 1 if config.batch_size == "all" else len(data.train)
+    steps_per_epoch = 1 if config.full_batch else len(data.train)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     tta = config.tta if data.task == "classification" else "none"
     criterion = loss_fn(data.task, config.label_smoothing)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    early = (EarlyStopping(config.early_stop_metric, config.early_stop_delta, config.early_stop_patience)
-             if config.early_stop_metric else None)
+    early = (EarlyStopping(config.early_stop_metric, config.early_stop_delta, config.early_stop_patience,
+                           config.early_stop_rule) if config.early_stop_metric else None)
     lookahead = (Lookahead(model, (config.lookahead_epoch - 1) * steps_per_epoch, config.epochs * steps_per_epoch)
                  if config.lookahead_epoch else None)
     monitor = config.early_stop_metric or ("val_acc" if data.task == "classification" else "val_loss")
@@ -251,6 +296,7 @@ def _train(config, run, checkpoint, should_stop, device, wall_start, data, optio
         _say(run, f"training {options['name']} ({count_params(model):,} parameters) on {config.dataset}: "
              f"{data.n_train} train / {data.val.num_examples if data.val else 0} val / "
              f"{data.test.num_examples} test, {device} → {run.path}")
+        _say(run, describe_method(config, data))
 
     columns = METRIC_COLUMNS + (TOP5_COLUMNS if len(data.classes) > 10 else [])
     num_classes = len(data.classes)
@@ -336,7 +382,8 @@ def finish(run, config, model, data, options, best, stop_reason, epochs_run, wal
     summary = {"model": options["name"], "dataset": config.dataset, "parameters": count_params(model),
                "epochs_run": epochs_run, "stop_reason": stop_reason, "best_metric": best["metric"],
                "best_value": best["value"], "best_epoch": best["epoch"], "seed": config.seed,
-               "val_size": data.notes.get("val_size"), "wall_seconds": round(wall, 2)}
+               "val_size": data.notes.get("val_size"), "test_size": data.test.num_examples,
+               "test_subset": config.test_subset, "wall_seconds": round(wall, 2)}
     rows = run.metrics()
     if rows:
         # All images over all training seconds (a harmonic mean): a slow first epoch counts for its real time.

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
+from cnnlab.data import STREAMED
 from cnnlab.engine import evaluate
 from cnnlab.tta import tta_logits
 from cnnlab.prepare import build_data, resolve_device
@@ -49,6 +51,7 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
     dev = resolve_device(device)
     model, checkpoint = load_model(target, dev)
     config = TrainConfig.from_dict(checkpoint["config"])
+    config.test_subset = None  # a quick run may have tested on a subset; `cnnlab eval` reports the whole split
     if data:
         config.data = data
     loaders = build_data(config, dev)
@@ -75,9 +78,23 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
     return result
 
 
+def _as_evaluated(im, config: dict, h: int, w: int, c: int) -> torch.Tensor:
+    """One image as the run's evaluation saw its test images: a (1, C, H, W) float tensor of 0–255 values.
+
+    Streamed runs (imagenet) evaluated on the shorter side resized then a centre crop, so predict does the same;
+    in-memory datasets hold images at one size, so a new image is resized to it.
+    """
+    if config.get("dataset") in STREAMED:
+        from cnnlab.data.stream import eval_transform
+
+        return eval_transform(im, config.get("image_size", h), config.get("resize_size", h))[None].float()
+    im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(im).copy()).reshape(1, h, w, c).permute(0, 3, 1, 2).float()
+
+
 def predict(target, images: list, topk: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
     """Top-k classes with probabilities for image files, preprocessed as the run's data was."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise CnnlabError(f"--topk must be a positive integer, got {topk!r}")
@@ -93,8 +110,7 @@ def predict(target, images: list, topk: int = 5) -> list[tuple[str, list[tuple[s
     for path in images:
         try:
             with Image.open(io.BytesIO(Path(path).read_bytes())) as im:
-                im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-                x = torch.from_numpy(np.asarray(im).copy()).reshape(1, h, w, c).permute(0, 3, 1, 2).float()
+                x = _as_evaluated(im, checkpoint["config"], h, w, c)
         except FileNotFoundError:
             raise CnnlabError(f"image {path} does not exist") from None
         except (UnidentifiedImageError, OSError):

@@ -52,7 +52,7 @@ def lr_multiplier(config: TrainConfig, steps_per_epoch: int):
     """step → factor on the base lr. Warm-up is linear from 1/warmup_steps to 1; schedules then run per step."""
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
-    if config.schedule == "onecycle" and warmup == 0:
+    if config.schedule == "triangular" and warmup == 0:
         warmup = max(1, round(0.3 * total))
 
     def factor(step: int) -> float:
@@ -66,7 +66,7 @@ def lr_multiplier(config: TrainConfig, steps_per_epoch: int):
         progress = (step - warmup) / max(1, total - warmup)
         if config.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * progress))
-        return max(0.0, 1 - progress)  # onecycle: linear decay to zero after the warm-up peak
+        return max(0.0, 1 - progress)  # triangular: linear decay to zero after the warm-up peak
 
     return factor
 

@@ -26,9 +26,51 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_options(config: TrainConfig, image_shape: tuple, num_classes: int) -> dict:
+def resolve_data(config: TrainConfig) -> TrainConfig:
+    """Check the run's data before anything is built: the path exists, holds the dataset named (or detect which
+    one it holds), and is stored absolute, so `cnnlab eval RUN` works from any folder. Cheap: no image decoded.
+
+    Sweeps call this for every planned run before the first one starts.
+    """
+    from cnnlab.data import DATASETS, check_imagenet_root, detect_dataset
+
+    if config.dataset == "synthetic-linear":
+        return config
+    if config.data is None:
+        if config.dataset is None:
+            raise CnnlabError("say what to train on: --data PATH (its dataset is detected from the files) "
+                              "or --dataset synthetic-linear")
+        raise CnnlabError(f"{config.dataset} needs --data PATH (its folder or official archive)")
+    path = Path(config.data).expanduser()
+    if not path.exists():
+        raise CnnlabError(f"--data {config.data} does not exist; pass the dataset's folder or archive")
+    config.data = str(path.resolve())
+    if config.cache_dir is not None:
+        config.cache_dir = str(Path(config.cache_dir).expanduser().resolve())
+    if config.dataset == "imagenet":
+        check_imagenet_root(path)
+        return config
+    found = detect_dataset(path, config.cache_dir)
+    if config.dataset is None:
+        if found not in DATASETS:
+            raise CnnlabError(f"cannot tell which dataset {config.data} holds (its class folders name none that "
+                              f"cnnlab knows); pass --dataset, one of: {', '.join(DATASETS)}")
+        config.dataset = found
+    elif found not in ("images", config.dataset):
+        raise CnnlabError(f"{config.data} holds {found}, not {config.dataset}; pass --dataset {found} or the right path")
+    return config
+
+
+def model_options(config: TrainConfig, image_shape: tuple, num_classes: int, task: str | None = None) -> dict:
     """The registry options for this config and data: small images get the CIFAR head/stem unless told otherwise."""
     spec = model_info(config.model)
+    if spec.name == "linreg" and task not in (None, "regression"):
+        raise CnnlabError(f"linreg is linear regression (one real-valued output, squared loss), but "
+                          f"{config.dataset} has class labels; use softmax (softmax regression) or another "
+                          "classifier, or --dataset synthetic-linear for regression")
+    if task == "regression" and spec.family != "mlp" and spec.name != "linreg":
+        raise CnnlabError(f"{spec.name} is a classifier, but {config.dataset} holds regression targets; "
+                          "use linreg (or mlp)")
     if len(image_shape) == 1 and spec.family in ("vgg", "resnet", "speednet"):
         raise CnnlabError(f"model {spec.name} needs images, but {config.dataset} holds feature vectors; "
                           "use linreg, softmax or mlp")
@@ -84,13 +126,14 @@ def build_streamed_data(config: TrainConfig, device: torch.device, dtype=torch.f
         raise CnnlabError(f"train and val class folders of {root} differ; both splits need the same classes")
     keep = _subset(len(train_set), config.subset)
     train_idx, val_idx = split_train_val(train_set.targets[keep], config.val_split, config.seed)
-    batch = min(FULL_BATCH_CHUNK, len(train_idx)) if config.batch_size == "all" else config.batch_size
+    batch = min(FULL_BATCH_CHUNK, len(train_idx)) if config.full_batch else config.batch_size
     common = {"device": device, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "dtype": dtype,
               "channels_last": device.type == "cuda", "workers": config.workers, "rank": d.rank,
               "world_size": d.world_size}
     train = StreamLoader(train_set, keep[train_idx], batch_size=batch, train=True, seed=config.seed, **common)
     val = StreamLoader(eval_set, keep[val_idx], batch_size=batch, train=False, **common) if len(val_idx) else None
-    test = StreamLoader(test_set, np.arange(len(test_set)), batch_size=batch, train=False, **common)
+    test = StreamLoader(test_set, _subset(len(test_set), config.test_subset), batch_size=batch, train=False,
+                        **common)
     shape = (config.image_size, config.image_size, 3)
     notes = {"val_size": int(len(val_idx)), "val_seed": config.seed, "augment": "random-resized-crop + flip"}
     return Data(train, val, test, train_set.classes, "classification", shape, IMAGENET_MEAN, IMAGENET_STD,
@@ -112,7 +155,7 @@ def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32, d
     # The dataset's preset unless --augment names another; --cutout adds to whichever it is.
     preset = config.augment or (ds.name if ds.name in PRESETS else "none")
     augment = augment_preset(preset, **({"cutout": config.cutout} if config.cutout else {}))
-    full = config.batch_size == "all"
+    full = config.full_batch
     batch = min(FULL_BATCH_CHUNK, len(train_idx)) if full else config.batch_size
     eval_batch = max(batch, 512)
     common = {"device": device, "mean": mean, "std": std, "dtype": dtype,
@@ -120,6 +163,7 @@ def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32, d
     train = DeviceLoader(x[train_idx], y[train_idx], batch_size=batch, train=True,
                          augment=augment if is_image else augment_preset("none"), seed=config.seed, **common)
     val = DeviceLoader(x[val_idx], y[val_idx], batch_size=eval_batch, **common) if len(val_idx) else None
-    test = DeviceLoader(ds.test.images, ds.test.labels, batch_size=eval_batch, **common)
+    keep_test = _subset(len(ds.test.labels), config.test_subset)
+    test = DeviceLoader(ds.test.images[keep_test], ds.test.labels[keep_test], batch_size=eval_batch, **common)
     notes = dict(ds.notes, val_size=int(len(val_idx)), val_seed=config.seed, augment=str(augment))
     return Data(train, val, test, ds.classes, ds.task, tuple(x.shape[1:]), mean, std, len(train_idx), notes)
