@@ -3,7 +3,7 @@
 1. Prepare and reload (the shared 60,000-JPEG tar.gz). Reference ("typical"): tarfile reads each member and PIL
    decodes each image in one process — what a plain Dataset/ImageFolder-style loop does. cnnlab: its ustar walk +
    forked decode into uint8 arrays, then the .npy cache. Targets from the data issue: prepare ≤ 10 s on 2 cores,
-   reload ≤ 1 s.
+   reload ≤ 1 s. Every image cnnlab decodes must equal the reference's pixels, under the same class.
 2. The loader alone, with CIFAR augmentation (random crop after 4-pixel padding, horizontal flip, normalise), no
    model: images/s of cnnlab's DeviceLoader (images resident on the device, augmented in whole batches) against a
    torch DataLoader running torchvision's per-image transforms on PIL images in worker processes — the same
@@ -13,11 +13,16 @@
 
     python benchmarks/data.py                          # everything, CPU and GPU when present
     python benchmarks/data.py --device cpu --quick     # the loader on 20,000 images, CPU only (~1 min on 2 cores)
+
+Timing targets are reported, never enforced. The script exits 1 on a wrong result: pixels or labels that differ
+from the reference decode, a cached reload that differs from the prepare, a loader epoch that misses images.
 """
 
 import argparse
+import hashlib
 import io
 import os
+import sys
 import tarfile
 import tempfile
 import time
@@ -35,21 +40,44 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def typical_prepare(path):
-    images, labels, classes = [], [], {}
+    """The reference decode: {split: [(class, RGB image)]} in archive order."""
+    splits = {}
     with tarfile.open(path, "r:gz") as tar:
         for member in tar:
             parts = member.name.split("/")
             if not member.isfile() or len(parts) != 3:
                 continue
             with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
-                images.append(np.asarray(im.convert("RGB")))
-            labels.append(classes.setdefault(parts[1], len(classes)))
-    return np.stack(images), np.array(labels)
+                splits.setdefault(parts[0], []).append((parts[1], np.asarray(im.convert("RGB"))))
+    return splits
 
 
-def bench_prepare(path):
+def fingerprints(pairs) -> list[tuple[str, str]]:
+    """Sorted (class, SHA-1 of the pixels): equal lists mean the same images with the same labels, in any order."""
+    return sorted((cls, hashlib.sha1(np.ascontiguousarray(image)).hexdigest()) for cls, image in pairs)
+
+
+def pixel_problems(ds, reference) -> list[str]:
+    """How cnnlab's arrays differ from the reference decode: every image, its pixels and its label."""
+    problems = []
+    for split, items in reference.items():
+        ours = ds.splits.get("test" if split == "val" else split)
+        if ours is None:
+            problems.append(f"cnnlab has no {split} split")
+            continue
+        expected = fingerprints(items)
+        got = fingerprints((ds.classes[label], image) for image, label in zip(ours.images, ours.labels))
+        if got != expected:
+            differ = len(set(expected) ^ set(got))
+            problems.append(f"{split}: {len(got)} images against the reference's {len(expected)}; {differ} "
+                            "(class, pixels) pairs are in one decode and not the other")
+    return problems
+
+
+def bench_prepare(path) -> list[str]:
+    """Time the reference decode, cnnlab's prepare and its cached reload; return what differs from the reference."""
     start = time.perf_counter()
-    ref_images, _ = typical_prepare(path)
+    reference = typical_prepare(path)
     t_ref = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
@@ -58,14 +86,21 @@ def bench_prepare(path):
         start = time.perf_counter()
         again = load_dataset(None, path, cache_dir=cache)
         t_reload = time.perf_counter() - start
-    n = len(ds.train) + len(ds.test)
-    assert n == len(ref_images) and np.array_equal(again.train.images, ds.train.images)
+    n = sum(len(split) for split in ds.splits.values())
     print(f"{'step':<34} {'seconds':>8} {'target':>8} {'vs typical':>11}")
     print(f"{'typical: tarfile + PIL, 1 process':<34} {t_ref:>8.2f} {'':>8} {1.0:>10.2f}×")
     print(f"{'cnnlab prepare (first use)':<34} {t_prepare:>8.2f} {'≤ 10':>8} {t_ref / t_prepare:>10.2f}×")
     print(f"{'cnnlab reload (cached)':<34} {t_reload:>8.2f} {'≤ 1':>8} {t_ref / t_reload:>10.2f}×")
     print(f"{n} images; prepare {'meets' if t_prepare <= 10 else 'MISSES'} its target, "
-          f"reload {'meets' if t_reload <= 1 else 'MISSES'} its target", flush=True)
+          f"reload {'meets' if t_reload <= 1 else 'MISSES'} its target (timings: reported, not enforced)", flush=True)
+    problems = pixel_problems(ds, reference)
+    for name, split in ds.splits.items():
+        if not (np.array_equal(again.splits[name].images, split.images)
+                and np.array_equal(again.splits[name].labels, split.labels)):
+            problems.append(f"the cached reload's {name} split differs from the first prepare")
+    print(f"pixels and labels: {'WRONG, they differ from' if problems else 'identical to'} the reference decode "
+          f"({sum(map(len, reference.values()))} images)", flush=True)
+    return problems
 
 
 def epoch_rate(batches, device, n):
@@ -80,7 +115,8 @@ def epoch_rate(batches, device, n):
 
 
 def bench_loader(train, device, batch_size, workers):
-    """cnnlab's DeviceLoader against the typical DataLoader, both with CIFAR augmentation; returns the ratio."""
+    """cnnlab's DeviceLoader against the typical DataLoader, both with CIFAR augmentation; prints the ratio and
+    returns what is wrong with the loader's epoch (nothing, normally)."""
     images, labels = train.images, train.labels
     start = time.perf_counter()
     ours = DeviceLoader(images, labels, batch_size=batch_size, device=device, train=True,
@@ -92,11 +128,14 @@ def bench_loader(train, device, batch_size, workers):
     next(iter(ours))  # first-call overheads (kernel loading, allocator) outside the clock
     ours_ips = max(epoch_rate(ours, device, len(images)) for _ in range(2))
     reference, _ = typical_loaders(train, train, batch_size, workers, pin_memory=device.type == "cuda")
+    ours_labels = torch.cat([y.cpu() for _, y in ours])  # one untimed epoch: each image once, with its label
+    problems = [] if torch.equal(ours_labels.sort().values, torch.as_tensor(labels).sort().values) else \
+        [f"{device}: an epoch of the DeviceLoader did not yield each of the {len(labels)} labels once"]
     ref_ips = epoch_rate(reference, device, len(images))  # worker start-up included, as in every typical epoch
     print(f"{str(device):<5} {'typical DataLoader, ' + str(workers) + ' workers':<34} {ref_ips:>10.0f} {1.0:>7.2f}×")
     print(f"{str(device):<5} {'cnnlab DeviceLoader':<34} {ours_ips:>10.0f} {ours_ips / ref_ips:>7.2f}×  "
           f"(moving the uint8 set to {device}: {to_device:.2f} s, once per run)", flush=True)
-    return ours_ips / ref_ips
+    return problems
 
 
 def main():
@@ -120,9 +159,10 @@ def main():
     gpu = torch.cuda.get_device_name() if len(devices) > 1 else "none used"
     print(f"machine: {os.cpu_count()} CPU cores; GPU: {gpu}; torch {torch.__version__}; file: {args.data}")
 
+    problems = []
     if not args.skip_prepare:
         print("\n== prepare and reload ==")
-        bench_prepare(args.data)
+        problems += bench_prepare(args.data)
 
     ds = load_dataset("cifar10", args.data, cache_dir=args.cache_dir)
     n = 20_000 if args.quick else len(ds.train)
@@ -133,7 +173,11 @@ def main():
     print(f"{'where':<5} {'loader':<34} {'images/s':>10} {'ratio':>8}")
     for device in devices:
         workers = args.workers if args.workers is not None else default_workers(device)
-        bench_loader(train, device, args.batch_size, workers)
+        problems += bench_loader(train, device, args.batch_size, workers)
+    # Timings are warnings (printed above); a decode or a loader that gives wrong data is a failure.
+    if problems:
+        print("WRONG RESULT:\n  " + "\n  ".join(problems), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
