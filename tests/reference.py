@@ -1,6 +1,7 @@
 """Cross-correlation and pooling written out by hand (D2L chapter 7), to check the layers the models use.
 
 Slow loops on purpose: each line is the definition, so a test can compare nn.Conv2d / nn.MaxPool2d against it.
+A test helper, so it lives with the tests and not in the installed package.
 """
 
 import torch

@@ -4,9 +4,9 @@ import torch
 from torch import nn
 
 from cnnlab.models import create_model
-from cnnlab.models.reference import corr2d, corr2d_multi_in, corr2d_multi_in_out, pool2d
 from cnnlab.models.resnet import conv1x1, conv3x3
 from cnnlab.models.vgg import local_response_norm
+from reference import corr2d, corr2d_multi_in, corr2d_multi_in_out, pool2d
 
 X = torch.arange(9.0).reshape(3, 3)
 K = torch.arange(4.0).reshape(2, 2)
