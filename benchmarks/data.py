@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import io
 import os
-import sys
 import tarfile
 import tempfile
 import time
@@ -34,7 +33,7 @@ from PIL import Image
 
 from cnnlab.data import load_dataset
 from cnnlab.data.loader import DeviceLoader, augment_preset
-from seed_experiment import CIFAR_MEAN, CIFAR_STD, default_workers, typical_loaders
+from seed_experiment import CIFAR_MEAN, CIFAR_STD, default_workers, exit_if_wrong, typical_loaders
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -174,10 +173,7 @@ def main():
     for device in devices:
         workers = args.workers if args.workers is not None else default_workers(device)
         problems += bench_loader(train, device, args.batch_size, workers)
-    # Timings are warnings (printed above); a decode or a loader that gives wrong data is a failure.
-    if problems:
-        print("WRONG RESULT:\n  " + "\n  ".join(problems), file=sys.stderr)
-        sys.exit(1)
+    exit_if_wrong(problems)  # timings were only printed; wrong data fails
 
 
 if __name__ == "__main__":

@@ -13,11 +13,14 @@ from arrays in memory, against the speedrun's wall time; the line `speedup X acc
     python benchmarks/speedrun.py                        # GPU: warm-up + 5 seeds, then the reference
     python benchmarks/speedrun.py --device cpu --quick   # CPU-sized: a narrow speednet on 4,000 images, 2 seeds
 
-Target (H100/H200): mean test accuracy ≥ 90.5 % on the shared JPEG CIFAR-10 and mean time ≤ 2.0 s.
+Target (H100/H200): mean test accuracy ≥ 90.5 % on the shared JPEG CIFAR-10 and mean time ≤ 2.0 s — reported,
+never enforced. The script exits 1 on a wrong result: a seed whose test accuracy is far below what its form reliably
+reaches (MIN_ACCURACY, MIN_ACCURACY_QUICK), or whose training loss does not fall from the first epoch to the last.
 """
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import statistics
@@ -35,10 +38,14 @@ from cnnlab.engine import fit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from seed_experiment import QUICK, SEED, cudnn_benchmark, default_workers, run_reference  # noqa: E402
+from seed_experiment import (QUICK, SEED, cudnn_benchmark, default_workers, exit_if_wrong,  # noqa: E402
+                             result_problems, run_reference)
 
 PRESET = REPO / "configs" / "speedrun-cifar10.toml"
 TARGET_ACC, TARGET_SECONDS = 0.905, 2.0
+# Below these a seed's result is wrong, not slow: the full preset reaches ~90.5 %, the quick form 29–33 % (seeds 0
+# and 1; BENCHMARKS.md: 31.8 ± 3.3 %); chance is 10 %.
+MIN_ACCURACY, MIN_ACCURACY_QUICK = 0.80, 0.18
 # CPU-sized: the same recipe on a narrow network and 4,000 images, so the whole path runs in about a minute.
 QUICK_OVERRIDES = {"hidden": [8, 16, 16], "subset": 4000, "epochs": 2, "warmup_epochs": 0.5, "lookahead_epoch": 2,
                    "batch_size": 256, "precision": "fp32"}
@@ -51,6 +58,8 @@ def run_seed(config: TrainConfig, seed: int, out: Path) -> dict:
         torch.cuda.synchronize()
     summary = json.loads(run.file("summary.json").read_text())
     summary["fit_wall"] = time.perf_counter() - start
+    with open(run.file("metrics.csv"), newline="") as f:
+        summary["train_losses"] = [float(row["train_loss"]) for row in csv.DictReader(f)]
     summary["speedrun_seconds"] = (summary.get("init_seconds", 0.0) + summary["train_seconds"]
                                    + summary["test_seconds"])
     return summary
@@ -107,7 +116,8 @@ def main():
             results.append(s)
             print(f"seed {seed}: test top-1 {s['test_top1']:.4f}  time {s['speedrun_seconds']:.3f} s "
                   f"(init {s.get('init_seconds', 0):.3f} + train {s['train_seconds']:.3f} + test/TTA "
-                  f"{s['test_seconds']:.3f})  fit wall {s['fit_wall']:.2f} s", flush=True)
+                  f"{s['test_seconds']:.3f})  fit wall {s['fit_wall']:.2f} s  train loss "
+                  f"{' → '.join(f'{v:.3f}' for v in s['train_losses'])}", flush=True)
 
     accs = [s["test_top1"] for s in results]
     times = [s["speedrun_seconds"] for s in results]
@@ -116,17 +126,25 @@ def main():
     met = statistics.fmean(accs) >= TARGET_ACC and statistics.fmean(times) <= TARGET_SECONDS
     scope = "" if device.type == "cuda" and not args.quick else " (the target is for the full preset on an H100/H200)"
     print(f"speedrun {statistics.fmean(accs) * 100:.2f}% in {statistics.fmean(times):.3f} s; target ≥ "
-          f"{TARGET_ACC * 100:.1f}% in ≤ {TARGET_SECONDS} s: {'met' if met else 'not met'}{scope}")
+          f"{TARGET_ACC * 100:.1f}% in ≤ {TARGET_SECONDS} s: {'met' if met else 'not met'}{scope} "
+          "(a target: reported, not enforced)")
+    floor = MIN_ACCURACY_QUICK if args.quick else MIN_ACCURACY
+    problems = [p for seed, s in enumerate(results) for p in result_problems(
+        f"seed {seed}", s["test_top1"], s["train_losses"], floor)]
+    print(f"results: {'WRONG' if problems else 'correct'} (each seed must reach ≥ {floor:.0%} test top-1 with a "
+          "falling training loss)", flush=True)
 
     if args.reference if args.reference is not None else device.type == "cuda":
         exp = QUICK if args.quick else SEED
         ds = load_dataset("cifar10", args.data, cache_dir=args.cache_dir)
         with cudnn_benchmark(True):
-            ref_wall, _, ref_acc = run_reference(exp, ds, device, default_workers(device), 0)
+            ref_wall, _, ref_acc, ref_losses = run_reference(exp, ds, device, default_workers(device), 0)
+        problems += result_problems("reference", ref_acc, ref_losses, exp.min_accuracy)
         ours_wall = statistics.fmean(s["fit_wall"] for s in results)
         print(f"reference: typical {exp.model} pipeline, {exp.epochs} epochs, {ref_wall:.1f} s, "
               f"test top-1 {ref_acc:.4f}; speedrun fit wall {ours_wall:.2f} s")
         print(f"speedup {ref_wall / ours_wall:.2f} accuracy {statistics.fmean(accs) * 100:.2f}% vs {ref_acc * 100:.2f}%")
+    exit_if_wrong(problems)
 
 
 if __name__ == "__main__":
