@@ -91,6 +91,7 @@ def test_seed_groups_give_mean_and_sample_std_by_hand(sweep):
     assert factors(groups) == ["hidden", "lr"]
     table = grouped_table([sweep])
     s = summaries(sweep)
+    assert len(table) == 2
     for row, name in zip(table, "ab"):
         assert (row["hidden"], row["lr"], row["n"], row["seeds"]) == (CONFIGS[name]["hidden"], CONFIGS[name]["lr"],
                                                                       2, [0, 1])
@@ -137,7 +138,9 @@ def test_write_report_is_self_contained(sweep, tmp_path):
     assert "| run | model | dataset | hidden | lr | seed | parameters | best val acc |" in md
     assert "| model | dataset | hidden | lr | n | seeds |" in md
     assert re.search(r"\| mlp \| cifar10 \| 16 \| 0.05 \| 2 \| 0, 1 \| [\d,]+ ± 0 \| \d\.\d{4} ± \d\.\d{4} \|", md)
-    for name in re.findall(r"\]\(([^)]+\.png)\)", md):  # the Markdown links the PNGs written beside it
+    linked = re.findall(r"\]\(([^)]+\.png)\)", md)  # the Markdown links the PNGs written beside it
+    assert len(linked) == len(sources), linked
+    for name in linked:
         assert (tmp_path / "report" / name).is_file()
 
 
