@@ -47,6 +47,7 @@ def test_fused_sgd_matches_the_foreach_step():
     for group in plain.param_groups:  # the same groups, stepped by the multi-tensor (foreach) kernels instead
         group["fused"], group["foreach"] = False, True
     x, y = torch.randn(32, 3, 32, 32, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
+    start = [p.detach().clone() for p in model.parameters()]
     for m, opt in ((model, fused), (twin, plain)):
         for _ in range(3):
             opt.zero_grad()
@@ -54,6 +55,8 @@ def test_fused_sgd_matches_the_foreach_step():
             opt.step()
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    # two optimizers that both did nothing would agree too
+    assert any(not torch.equal(a, s) for a, s in zip(model.parameters(), start) if a.requires_grad)
 
 
 SPEEDRUN = {"hidden": [16, 32, 32], "augment": "speedrun", "lookahead_epoch": 2, "tta": "flip-translate",
