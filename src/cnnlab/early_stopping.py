@@ -1,10 +1,8 @@
 """Early stopping on a validation metric, as a small pure object the loop calls once per epoch."""
 
-import math
+from cnnlab.monitor import Monitor
 
-MODES = {"val_loss": "min", "val_acc": "max"}
-
-
+METRICS = ("val_loss", "val_acc")
 RULES = ("best", "previous")
 
 
@@ -26,24 +24,19 @@ class EarlyStopping:
     """
 
     def __init__(self, metric: str, delta: float = 0.0, patience: int = 3, rule: str = "best"):
-        if metric not in MODES:
-            raise ValueError(f"metric must be one of {', '.join(MODES)}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}")
         if rule not in RULES:
             raise ValueError(f"rule must be one of {', '.join(RULES)}")
         self.metric, self.delta, self.patience, self.rule = metric, delta, patience, rule
-        self.mode = MODES[metric]
+        self.monitor = Monitor(metric)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.previous: float | None = None
         self.bad_epochs = 0
 
     def improved(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
-        reference = self.previous if self.rule == "previous" else self.best
-        if reference is None or math.isnan(reference):
-            return True
-        return value < reference - self.delta if self.mode == "min" else value > reference + self.delta
+        return self.monitor.beats(value, self.previous if self.rule == "previous" else self.best, self.delta)
 
     def step(self, value: float, epoch: int) -> tuple[bool, str]:
         """Record one epoch's value; return (stop, reason)."""
@@ -51,8 +44,7 @@ class EarlyStopping:
         self.previous = value
         # `best` is the reference of the best rule; under the previous rule it is only reported, so it is the
         # true best there.
-        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
-        if improved if self.rule == "best" else (better and not math.isnan(value)):
+        if improved if self.rule == "best" else self.monitor.beats(value, self.best):
             self.best, self.best_epoch = value, epoch
         if improved:
             self.bad_epochs = 0

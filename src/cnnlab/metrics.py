@@ -1,36 +1,52 @@
-"""Loss and accuracy sums kept on the device through an epoch and summed over processes at the end."""
+"""The losses, and loss and accuracy sums kept on the device through an epoch and summed over processes at the end."""
 
 import torch
+import torch.nn.functional as F
 
 from cnnlab.distributed import Dist, all_sum
+
+# Top-5 accuracy is reported above 10 classes: with 10 or fewer it is close to 1 and says little (CIFAR-10, MNIST).
+TOP5_ABOVE = 10
+
+
+def has_top5(task: str, num_classes: int) -> bool:
+    """Whether a run reports top-5 accuracy: its metrics.csv columns, its sums and its summary follow this."""
+    return task == "classification" and num_classes > TOP5_ABOVE
+
+
+def loss_fn(task: str, label_smoothing: float = 0.0):
+    if task == "regression":
+        return lambda out, y: 0.5 * (out - y).square().mean()  # the seed's ½(ŷ − y)², averaged
+    return lambda out, y: F.cross_entropy(out, y, label_smoothing=label_smoothing)
 
 
 class Sums:
     """Running sums on the device: no host synchronisation until `result()`, which also sums over processes."""
 
-    def __init__(self, device, d: Dist = Dist()):
-        self.d = d
+    def __init__(self, device, task: str, num_classes: int, d: Dist = Dist()):
+        self.d, self.task = d, task
+        self.top5_kept = has_top5(task, num_classes)
         self.loss = torch.zeros((), device=device, dtype=torch.float64)
         self.correct = torch.zeros((), device=device, dtype=torch.int64)
         self.top5 = torch.zeros((), device=device, dtype=torch.int64)
         self.n = 0
 
-    def add(self, loss, out, y, task):
+    def add(self, loss, out, y):
         self.loss += loss.detach().double() * len(y)
-        if task == "classification":
+        if self.task == "classification":
             self.correct += (out.argmax(1) == y).sum()
-            if out.shape[1] > 10:
+            if self.top5_kept:
                 self.top5 += (out.topk(5, 1).indices == y[:, None]).any(1).sum()
         self.n += len(y)
 
-    def result(self, task, num_classes) -> dict:
+    def result(self) -> dict:
         totals = torch.stack([self.loss, self.correct.double(), self.top5.double(),
                               torch.tensor(float(self.n), device=self.loss.device, dtype=torch.float64)])
         loss, correct, top5, n = all_sum(totals, self.d).tolist()
         r = {"loss": loss / max(n, 1), "n": int(n)}
-        if task == "classification":
+        if self.task == "classification":
             r["acc"] = correct / max(n, 1)
-            if num_classes > 10:
+            if self.top5_kept:
                 r["top5"] = top5 / max(n, 1)
         return r
 

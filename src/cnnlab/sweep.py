@@ -165,7 +165,7 @@ def _choose_data(values: dict, root: Path) -> tuple[dict, str]:
 
 def _resolve(config: TrainConfig, seen: dict) -> None:
     """resolve_data once per distinct data setting: a sweep names the same archive many times, each check ~1 s."""
-    from cnnlab.prepare import resolve_data
+    from cnnlab.build import resolve_data
 
     key = (config.data, config.dataset, config.cache_dir)  # the settings resolve_data reads and may rewrite
     if key not in seen:

@@ -140,12 +140,18 @@ class EpochOrder:
     # A last batch smaller than this joins the one before it: batch norm cannot normalise a batch of one image
     # (nor a process's share of one under torchrun), and dropping it would make full-batch gradients inexact.
     min_last: int = 1
+    full_batch: bool = False  # every batch of an epoch adds to one gradient step (full-batch gradient descent)
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_examples, self.batch_size)
         if self.drop_last:
             return full
         return full + (rest > 0 and (rest >= self.min_last or full == 0))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one pass: one per batch, or one in all for full-batch gradient descent."""
+        return 1 if self.full_batch else len(self)
 
     def bounds(self, batch: int) -> tuple[int, int]:
         """Positions [start, stop) of batch `batch` in the epoch's order; the last one takes any merged rest."""
@@ -218,9 +224,9 @@ class DeviceLoader(EpochOrder):
         for b in range(first, len(self)):
             start, stop = self.bounds(b)
             idx = self.order[start:stop][self.rank::self.world_size]
-            yield self.prepare(self.images[idx], idx), self.labels[idx]
+            yield self.model_input(self.images[idx], idx), self.labels[idx]
 
-    def prepare(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    def model_input(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Augment (when training) and normalise one batch of the resident images (`idx`: their indices)."""
         if not self.is_image:
             return x.to(self.dtype)

@@ -7,6 +7,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from cnnlab.monitor import Monitor
 from cnnlab.report.runs import Run, load_runs
 
 # Where data and outputs live says nothing about what was trained: the same experiment on another machine.
@@ -23,11 +24,16 @@ METRICS = ("parameters", "best_val_acc", "best_val_loss", "test_top1", "test_top
 def run_metrics(run: Run) -> dict:
     """The numeric results of one run: best validation values from metrics.csv, the rest from summary.json."""
     s = run.summary
-    return {"parameters": s.get("parameters"), "best_val_acc": run.best("val_acc"),
-            "best_val_loss": run.best("val_loss", lowest=True), "test_top1": s.get("test_top1"),
+    return {"parameters": s.get("parameters"), "best_val_acc": best_of(run, "val_acc"),
+            "best_val_loss": best_of(run, "val_loss"), "test_top1": s.get("test_top1"),
             "test_top5": s.get("test_top5"), "test_loss": s.get("test_loss"),
             "epochs": s.get("epochs_run", len(run.metrics)), "wall_seconds": s.get("wall_seconds"),
             "images_per_second": s.get("images_per_second")}
+
+
+def best_of(run: Run, column: str) -> float | None:
+    """The best value of a metrics.csv column over a run's epochs, in the direction its Monitor says."""
+    return Monitor(column).best(v for _, v in run.column(column))
 
 
 def differing_fields(configs: list[dict], ignore=IGNORED) -> list[str]:
@@ -115,8 +121,8 @@ def best_run(runs) -> Run | None:
     scored = [(run_metrics(r)[metric], i, r) for i, r in enumerate(runs) if run_metrics(r)[metric] is not None]
     if not scored:
         return runs[0] if len(runs) == 1 else None
-    sign = 1 if metric == "best_val_acc" else -1
-    return max(scored, key=lambda t: (sign * t[0], -t[1]))[2]  # ties go to the run given first
+    monitor = Monitor(metric)
+    return max(scored, key=lambda t: (monitor.sort_key(t[0]), -t[1]))[2]  # ties go to the run given first
 
 
 def format_value(value) -> str:

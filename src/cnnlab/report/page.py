@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.report.compare import (GROUP_IGNORED, IDENTITY, IGNORED, Stat, best_run, differing_fields,
+from cnnlab.report.compare import (GROUP_IGNORED, IDENTITY, IGNORED, Stat, best_run, differing_fields, run_metrics,
                                    format_value, group_runs, grouped_table, primary_metric, results_table)
 from cnnlab.report.plots import factor_figures, plot_runs
 from cnnlab.report.runs import load_runs
@@ -101,7 +101,7 @@ def _best_run_blocks(runs, metric) -> list[tuple]:
     if best is None:
         return [("h2", "Best run"), ("note", "No run has a validation result to choose the best run by "
                                              "(trained with --val-split 0); confusion matrix left out.")]
-    value = best.best("val_acc") if metric == "best_val_acc" else best.best("val_loss", lowest=True)
+    value = run_metrics(best)[metric]
     why = f"chosen by {HEADERS[metric]} {value:.4g}" if value is not None else "the only run"
     blocks = [("h2", f"Best run: {best.name}"), ("p", f"{best.path} — {why}, never by the test split.")]
     if best.summary.get("test_top1") is None and best.best("val_acc") is None:

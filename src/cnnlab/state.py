@@ -1,0 +1,62 @@
+"""Everything a checkpoint restores, as one object with symmetric `state_dict()` / `load_state_dict()`.
+
+A checkpoint is `TrainState.state_dict()` plus what describes the run (config, model options, classes,
+normalisation; `Setup.describe()`), so saving and resuming cannot drift apart: they are the same two methods.
+"""
+
+import torch
+
+from cnnlab.averaging import Lookahead
+from cnnlab.early_stopping import EarlyStopping
+from cnnlab.monitor import Monitor
+
+# What a checkpoint must hold to be resumed (an eval-only or foreign file lacks some).
+RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "position")
+
+
+class TrainState:
+    """Model, optimizer, schedule, early stopping, Lookahead, the random streams (torch, CUDA, the training
+    loader's), the completed epochs, the best epoch so far, and — when a run stopped inside an epoch — its
+    position there (`{"epoch", "batch", "order", "sums"}`)."""
+
+    def __init__(self, model, optimizer, scheduler, loader, monitor: Monitor,
+                 early: EarlyStopping | None = None, lookahead: Lookahead | None = None):
+        self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
+        self.monitor, self.early, self.lookahead = monitor, early, lookahead
+        self.epoch = 0  # completed epochs
+        self.best = {"metric": monitor.metric, "value": None, "epoch": None}
+        self.position: dict | None = None
+
+    def record(self, epoch: int, value: float | None) -> bool:
+        """Note an epoch's monitored value; True when it is the best so far. Without a validation split
+        (value None) every epoch counts as the best: the last weights are the ones kept."""
+        improved = value is None or self.best["value"] is None or self.monitor.beats(value, self.best["value"])
+        if improved:
+            self.best = {"metric": self.monitor.metric, "value": value, "epoch": epoch}
+        return improved
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "early_stopping": self.early.state_dict() if self.early else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+            "rng": {"torch": torch.get_rng_state(), "loader": self.loader.state_dict(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "epoch": self.epoch, "best": self.best, "position": self.position,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.early and state["early_stopping"]:
+            self.early.load_state_dict(state["early_stopping"])
+        if self.lookahead and state.get("lookahead"):
+            self.lookahead.load_state_dict(state["lookahead"])
+        torch.set_rng_state(state["rng"]["torch"])
+        loader_state = state["rng"]["loader"]  # older checkpoints stored the bare generator state
+        self.loader.load_state_dict(loader_state if isinstance(loader_state, dict) else {"generator": loader_state})
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.epoch, self.best, self.position = state["epoch"], state["best"], state["position"]
