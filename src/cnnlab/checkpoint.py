@@ -1,53 +1,34 @@
 """Checkpoints written atomically and read without running code (torch.load weights_only=True)."""
 
 import errno
-import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
+from cnnlab.atomic import atomic_write
 from cnnlab.errors import CnnlabError
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename: a crash leaves the old file.
+    """Write `path` atomically (see `cnnlab.atomic`): a crash leaves the old file.
 
     A failed write (disk full, read-only folder) removes the temporary file and raises a CnnlabError that says the
     previous checkpoint is untouched.
     """
     path = Path(path)
-    _remove_stale_temporaries(path)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        # The run folder is locked, so a `.NAME.xxxx` already there is what a killed writer left.
+        with atomic_write(path, "wb", remove_stale=True) as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
-            then = (f"continue with: cnnlab train --resume {path.parent}" if (path.parent / "last.pt").is_file()
-                    else "start the run again")
-            raise CnnlabError(f"cannot write checkpoint {path} ({e.strerror or e}); {kept} — free some disk space "
-                              f"or make {path.parent} writable, then {then}") from None
-        raise
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """A process killed mid-write leaves `.NAME.xxxx`; the run folder is locked, so no live writer owns one."""
-    for stale in path.parent.glob(f".{path.name}.*"):
-        try:
-            stale.unlink()
-        except OSError:
-            pass
+    except OSError as e:
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        then = (f"continue with: cnnlab train --resume {path.parent}" if (path.parent / "last.pt").is_file()
+                else "start the run again")
+        raise CnnlabError(f"cannot write checkpoint {path} ({e.strerror or e}); {kept} — free some disk space "
+                          f"or make {path.parent} writable, then {then}") from None
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

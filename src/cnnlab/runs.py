@@ -3,17 +3,17 @@
 import contextlib
 import csv
 import fcntl
-import io
 import json
-import os
 import platform
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import torch
 
+from cnnlab.atomic import atomic_write
 from cnnlab.checkpoint import save_checkpoint
 from cnnlab.config import END_OF_CONFIG, TrainConfig
 from cnnlab.errors import CnnlabError
@@ -42,7 +42,8 @@ class RunFolder:
         config.out = str(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path / "config.toml", config.to_toml())
+            with atomic_write(path / "config.toml", "w") as f:
+                f.write(config.to_toml())
         except OSError as e:
             if created:  # leave nothing behind
                 with contextlib.suppress(OSError):
@@ -100,23 +101,25 @@ class RunFolder:
     def config(self) -> TrainConfig:
         """The run's resolved config. A file without to_toml's closing line was cut short, and must not silently
         turn the missing settings into defaults."""
-        config = TrainConfig.from_toml(self.file("config.toml"))
-        if END_OF_CONFIG not in self.file("config.toml").read_text(encoding="utf-8"):
-            raise CnnlabError(f"{self.file('config.toml')} is incomplete (its last line is missing); the run folder "
-                              "is damaged — restore config.toml or start a new run")
+        path = self.file("config.toml")
+        config = TrainConfig.from_dict(read_config_values(path), str(path))
+        if END_OF_CONFIG not in path.read_text(encoding="utf-8"):
+            raise CnnlabError(f"{path} is incomplete (its last line is missing); the run folder is damaged — restore "
+                              "config.toml or start a new run")
         return config
+
+    def write_config(self, config: TrainConfig) -> None:
+        """Replace config.toml, e.g. when a resume changes --epochs."""
+        if self.readonly:
+            return
+        with self._writing("config.toml"), atomic_write(self.file("config.toml"), "w", remove_stale=True) as f:
+            f.write(config.to_toml())
 
     # -- metrics.csv ---------------------------------------------------------------------------------------------
     def metrics(self) -> list[dict]:
-        path = self.file("metrics.csv")
-        if not path.is_file():
-            return []
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                return [dict(row) for row in csv.DictReader(f)]
-        except (UnicodeDecodeError, csv.Error, OSError) as e:
-            raise CnnlabError(f"{path} is damaged and cannot be read ({type(e).__name__}); restore it from a copy, "
-                              "or start a new run") from None
+        """metrics.csv's rows as {column: cell text}."""
+        header, rows = read_metrics(self.file("metrics.csv"))
+        return [dict(zip(header, cells)) for _, cells in rows]
 
     def append_metrics(self, row: dict, columns: list[str]) -> None:
         if self.readonly:
@@ -138,15 +141,8 @@ class RunFolder:
         if self.readonly:
             return
         path = self.file("metrics.csv")
-        rows = self.metrics()
-        problem = None
-        if len(rows) < epochs:
-            problem = f"it has {len(rows)} rows"
-        else:
-            for i, row in enumerate(rows[:epochs], start=1):
-                if row.get("epoch") != str(i) or None in row or not all(map(_is_number, row.values())):
-                    problem = f"row {i} is not the complete row of epoch {i}"
-                    break
+        header, rows = read_metrics(path)
+        problem = _kept_rows_problem(header, rows, epochs)
         if problem:
             raise CnnlabError(f"{path} is damaged: {problem}, but last.pt was saved after epoch {epochs}; restore "
                               f"the file, or start a new run with: cnnlab train --config {self.file('config.toml')} "
@@ -157,12 +153,11 @@ class RunFolder:
             return
         if len(rows) == epochs and path.read_bytes().endswith(b"\n"):
             return
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]))  # the header's names, in order
-        writer.writeheader()
-        writer.writerows(rows[:epochs])
-        with self._writing("metrics.csv"):
-            _write_atomically(path, text.getvalue())
+        # Under the folder's lock: a temporary a killed rewrite left is removed.
+        with self._writing("metrics.csv"), atomic_write(path, "w", remove_stale=True) as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(cells for _, cells in rows[:epochs])
 
     def log(self, line: str) -> None:
         if self.readonly:
@@ -173,20 +168,65 @@ class RunFolder:
     def write_summary(self, summary: dict) -> None:
         if self.readonly:
             return
-        with self._writing("summary.json"):
-            _write_atomically(self.file("summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """A kill or a full disk mid-write leaves the old version (or none), never half of the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        text = json.dumps(summary, indent=2, default=str) + "\n"
+        with self._writing("summary.json"), atomic_write(self.file("summary.json"), "w", remove_stale=True) as f:
             f.write(text)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+
+
+# -- reading a run folder: one reader for resuming and for reporting -----------------------------------------------
+def read_config_values(path: Path) -> dict:
+    """config.toml's settings as TOML gives them; an unreadable file is one CnnlabError line. Checking them is the
+    caller's business: a resume builds the strict TrainConfig, a report compares whatever is there."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CnnlabError(f"cannot read config file {path} ({e.strerror or e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CnnlabError(f"{path} is not valid TOML ({e})") from None
+    values.pop("cnnlab", None)  # provenance table written by to_toml
+    return values
+
+
+def read_metrics(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """metrics.csv as its header and its rows of cells, each row with its line number (blank lines left out); no
+    file is no rows. A file that is not readable CSV is one CnnlabError line.
+
+    Rows are not checked here (see `metrics_row_problem`): a resume drops a row a kill cut off after its
+    checkpoint, where a report refuses it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return [], []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error, OSError) as e:
+        raise CnnlabError(f"{path} is damaged and cannot be read ({type(e).__name__}); restore it from a copy, "
+                          "or start a new run") from None
+    rows = [(number, cells) for number, cells in enumerate(lines[1:], start=2) if cells]
+    return (lines[0] if lines else []), rows
+
+
+def metrics_row_problem(header: list[str], cells: list[str]) -> str | None:
+    """Why a metrics.csv row is not a complete row of numbers with an epoch, or None when it is one."""
+    if len(cells) != len(header):
+        return f"has {len(cells)} fields, expected {len(header)}: the file is truncated or garbled"
+    if not all(map(_is_number, cells)):
+        return "holds a value that is not a number: the file is garbled"
+    if dict(zip(header, cells)).get("epoch", "") == "":
+        return "has no epoch number: the file is truncated or garbled"
+    return None
+
+
+def _kept_rows_problem(header: list[str], rows: list, epochs: int) -> str | None:
+    """Why metrics.csv's first `epochs` rows are not the complete rows of epochs 1 … `epochs`, or None."""
+    if len(rows) < epochs:
+        return f"it has {len(rows)} rows"
+    for i, (_, cells) in enumerate(rows[:epochs], start=1):
+        if metrics_row_problem(header, cells) or dict(zip(header, cells))["epoch"] != str(i):
+            return f"row {i} is not the complete row of epoch {i}"
+    return None
 
 
 def _is_number(text) -> bool:

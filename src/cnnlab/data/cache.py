@@ -9,12 +9,11 @@ that a later load would take for a cache.
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from cnnlab.atomic import atomic_folder, atomic_write
 from cnnlab.data.arrays import Dataset, Split
 
 CACHE_VERSION = 1
@@ -69,21 +68,14 @@ def save(cache_dir: Path, key: str, label: str, dataset: Dataset) -> Path:
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = _folder(cache_dir, key, label)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
-    try:
+    # When another process finishes the same cache first, atomic_folder keeps theirs: it is as good as ours.
+    with atomic_folder(final) as tmp:
         for name, split in dataset.splits.items():
             np.save(tmp / f"{name}_images.npy", split.images)
             np.save(tmp / f"{name}_labels.npy", split.labels)
         meta = {"name": dataset.name, "format": dataset.format, "classes": dataset.classes, "task": dataset.task,
                 "notes": dataset.notes, "splits": list(dataset.splits), "cache_version": CACHE_VERSION}
         (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same cache first; theirs is as good as ours
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -106,9 +98,7 @@ def remember_name(cache_dir: Path, path: Path, name: str) -> None:
         return
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with atomic_write(target, "w") as f:
             f.write(name)
-        os.replace(tmp, target)
     except OSError:  # a read-only cache only costs the next detection its listing
         pass

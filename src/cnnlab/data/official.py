@@ -1,13 +1,12 @@
 """Official archives, their addresses and published checksums; `--download` fetches one, only when asked."""
 
 import hashlib
-import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from cnnlab.atomic import atomic_write
 from cnnlab.errors import CnnlabError
 
 # dataset → [(file name, [addresses, official first], published MD5)]
@@ -69,20 +68,17 @@ def download(dataset: str, dest: Path) -> Path:
 def _fetch(urls: list[str], target: Path, md5: str) -> None:
     errors = []
     for url in urls:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            # A damaged download raises inside the block, so it never replaces `target`.
+            with atomic_write(target) as out, urllib.request.urlopen(url, timeout=60) as response:
                 shutil.copyfileobj(response, out, 1 << 20)
-            got = md5_of(Path(tmp))
-            if got != md5:
-                raise CnnlabError(f"{url} gave a file with MD5 {got}, but the published checksum is {md5}; "
-                                  "the download is damaged or the file changed — try again later")
-            os.replace(tmp, target)
+                out.flush()
+                got = md5_of(Path(out.name))
+                if got != md5:
+                    raise CnnlabError(f"{url} gave a file with MD5 {got}, but the published checksum is {md5}; "
+                                      "the download is damaged or the file changed — try again later")
             return
         except (urllib.error.URLError, OSError) as e:
             errors.append(f"{url}: {getattr(e, 'reason', e)}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     raise CnnlabError(f"could not download {target.name} ({'; '.join(errors)}); check the network, or fetch "
                       "it by hand and pass it with --data")

@@ -4,15 +4,14 @@ Only the files a run writes as text are read (never checkpoints), so a report wo
 without the weights.
 """
 
-import csv
 import json
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
+from cnnlab.runs import metrics_row_problem, read_config_values, read_metrics
 
 REQUIRED = ("config.toml", "metrics.csv", "summary.json")
 # `cnnlab eval` writes the confusion matrix here; the per-class file is optional (see `_per_class`).
@@ -131,42 +130,22 @@ def _name(runs: list[Run]) -> None:
 
 
 def _config(path: Path) -> dict:
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise CnnlabError(f"{path} is not valid TOML ({e})") from None
-    values.pop("cnnlab", None)
     # Fields written as `# name = (default)` are absent: fill today's defaults so runs compare field by field.
     # Unknown fields (a newer cnnlab) are kept rather than refused: a report only compares them.
-    return {**asdict(TrainConfig()), **values}
+    return {**asdict(TrainConfig()), **read_config_values(path)}
 
 
 def _metrics(path: Path) -> list[dict]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            lines = list(csv.reader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise CnnlabError(f"{path} is not a readable CSV ({e})") from None
-    if not lines or not lines[0] or lines[0][0] != "epoch":
+    """The rows with every cell a float (an empty cell None); a report refuses a damaged row wherever it is."""
+    header, rows = read_metrics(path)
+    if not header or header[0] != "epoch":
         raise CnnlabError(f"{path} has no metrics header (expected a first line starting with 'epoch'); "
                           "the file is empty or garbled")
-    header = lines[0]
-    rows = []
-    for number, cells in enumerate(lines[1:], start=2):
-        if not cells:
-            continue
-        if len(cells) != len(header):
-            raise CnnlabError(f"{path} line {number} has {len(cells)} fields, expected {len(header)}: "
-                              "the file is truncated or garbled")
-        try:
-            row = {key: (float(cell) if cell != "" else None) for key, cell in zip(header, cells)}
-        except ValueError:
-            raise CnnlabError(f"{path} line {number} holds a value that is not a number: the file is garbled") \
-                from None
-        if row["epoch"] is None:
-            raise CnnlabError(f"{path} line {number} has no epoch number: the file is truncated or garbled")
-        rows.append(row)
-    return rows
+    for number, cells in rows:
+        problem = metrics_row_problem(header, cells)
+        if problem:
+            raise CnnlabError(f"{path} line {number} {problem}")
+    return [{key: (float(cell) if cell != "" else None) for key, cell in zip(header, cells)} for _, cells in rows]
 
 
 def _summary(path: Path) -> dict:
