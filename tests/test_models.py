@@ -72,7 +72,7 @@ def _shape_cases():
 
 @pytest.mark.parametrize("name,options", list(_shape_cases()))
 def test_output_shapes_at_32_64_and_224(name, options):
-    flat = model_info(name).family in ("linear", "mlp")
+    flat = not model_info(name).takes_images
     cifar_sized = "cifar" in options.values()
     torch.manual_seed(0)
     model = None if flat else create_model(name, 7, **options).eval()
@@ -157,9 +157,28 @@ def test_dropout_option_reaches_the_layers():
     (lambda: create_model("vgg11", num_classes=0), "positive integer"),
     (lambda: create_model("mlp", hidden=[64, -1]), "positive integer"),
     (lambda: create_model("vgg11", in_channels=1, image_size=28), "at least 32×32"),
+    (lambda: create_model("resnet18", image_size=0), "image_size must be a positive integer"),
+    (lambda: create_model("speednet", in_channels=0), "in_channels must be a positive integer"),
+    (lambda: create_model("softmax", in_features=0), "in_features must be a positive integer"),
+    (lambda: create_model("mlp", batch_norm="yes"), "batch_norm must be true or false"),
+    (lambda: create_model("speednet", hidden=[64, 0, 64]), "three positive group widths"),
+    (lambda: create_model("speednet", hidden=[64, 64]), "three positive group widths"),
 ])
 def test_bad_options_raise_an_error_naming_the_valid_choices(call, needle):
     with pytest.raises(CnnlabError) as info:
         call()
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_checked_options_reach_the_builder_in_its_own_form():
+    assert [m.out_features for m in create_model("mlp", in_features=4, hidden=8).layers[1:2]] == [8]
+    assert create_model("resnet18", zero_init_residual=1).layer1[0].bn2.weight.count_nonzero() == 0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_spec_says_whether_a_model_takes_images_and_wants_channels_last(name):
+    spec = model_info(name)
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in meta_model(name).modules())
+    assert spec.takes_images == convolutional
+    assert spec.channels_last == convolutional  # NHWC speeds up convolutions only

@@ -2,8 +2,6 @@
 
 from torch import nn
 
-from cnnlab.errors import CnnlabError, check_choice, check_positive_int, check_probability
-
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 
@@ -65,9 +63,7 @@ class MLP(nn.Module):
 
 
 def _in_features(in_channels: int, image_size: int, in_features):
-    if in_features is None:
-        return check_positive_int("in_channels", in_channels) * check_positive_int("image_size", image_size) ** 2
-    return check_positive_int("in_features", in_features)
+    return in_channels * image_size ** 2 if in_features is None else in_features
 
 
 def linreg(num_classes=1, in_channels=3, image_size=32, in_features=None):
@@ -76,19 +72,9 @@ def linreg(num_classes=1, in_channels=3, image_size=32, in_features=None):
 
 
 def softmax(num_classes=10, in_channels=3, image_size=32, in_features=None):
-    return SoftmaxRegression(_in_features(in_channels, image_size, in_features),
-                             check_positive_int("num_classes", num_classes))
+    return SoftmaxRegression(_in_features(in_channels, image_size, in_features), num_classes)
 
 
 def mlp(num_classes=10, in_channels=3, image_size=32, in_features=None, hidden=(256,),
         activation="relu", dropout=0.0, batch_norm=False):
-    check_choice("activation", activation, sorted(ACTIVATIONS))
-    if isinstance(hidden, int):
-        hidden = (hidden,)
-    hidden = tuple(hidden)
-    for h in hidden:
-        check_positive_int("hidden layer size", h)
-    if not isinstance(batch_norm, bool):
-        raise CnnlabError(f"batch_norm must be true or false, got {batch_norm!r}")
-    return MLP(_in_features(in_channels, image_size, in_features), check_positive_int("num_classes", num_classes),
-               hidden, activation, check_probability("dropout", dropout), batch_norm)
+    return MLP(_in_features(in_channels, image_size, in_features), num_classes, hidden, activation, dropout, batch_norm)

@@ -3,14 +3,68 @@
 The CLI, the reports and the tests all go through `create_model` / `list_models`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, check_choice, check_positive_int, check_probability
 from cnnlab.models import linear, resnet, speednet, vgg
+
+# A check takes the value asked for and returns it as the builder wants it, or raises CnnlabError naming the fix.
+Check = Callable[[object], object]
+
+
+def _positive(what: str) -> Check:
+    return partial(check_positive_int, what)
+
+
+def _choice(what: str, choices) -> Check:
+    def check(value):
+        check_choice(what, value, choices)
+        return value
+    return check
+
+
+def _true_or_false(what: str) -> Check:
+    def check(value):
+        if not isinstance(value, bool):
+            raise CnnlabError(f"{what} must be true or false, got {value!r}")
+        return value
+    return check
+
+
+def _in_features(value) -> int | None:
+    return None if value is None else check_positive_int("in_features", value)
+
+
+def _hidden_layers(value) -> tuple[int, ...]:
+    sizes = (value,) if isinstance(value, int) else tuple(value)
+    for size in sizes:
+        check_positive_int("hidden layer size", size)
+    return sizes
+
+
+def _group_widths(value):
+    if not value:
+        return value  # the builder's own widths
+    widths = (value,) if isinstance(value, int) else tuple(value)
+    if len(widths) != 3 or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+        raise CnnlabError(f"speednet takes three positive group widths (e.g. --hidden 64,256,256), got {list(widths)}")
+    return widths
+
+
+# What every builder takes; `cnnlab models` checks its table's arguments with the same rules.
+ARGUMENT_CHECKS: dict[str, Check] = {name: _positive(name) for name in ("num_classes", "in_channels", "image_size")}
+
+_DROPOUT = {"dropout": partial(check_probability, "dropout")}
+_FLAT = {"in_features": _in_features}
+_MLP = _FLAT | {"hidden": _hidden_layers, "activation": _choice("activation", sorted(linear.ACTIVATIONS))} | _DROPOUT \
+    | {"batch_norm": _true_or_false("batch_norm")}
+_VGG = {"head": _choice("head", vgg.HEADS)} | _DROPOUT
+_RESNET = {"stem": _choice("stem", resnet.STEMS), "zero_init_residual": bool}
+_SPEEDNET = {"hidden": _group_widths}
 
 
 @dataclass(frozen=True)
@@ -18,18 +72,22 @@ class ModelSpec:
     name: str
     family: str
     builder: Callable[..., nn.Module]
-    options: tuple[str, ...]
+    # The options the builder takes beyond ARGUMENT_CHECKS, each with its check (left out of the hash: a dict).
+    options: dict[str, Check] = field(hash=False)
     description: str
+    takes_images: bool  # needs (C, H, W) images; False: it flattens its input, so feature vectors do too
+    channels_last: bool  # on CUDA, move it to channels_last memory: cuDNN's convolutions are faster in NHWC
     paper_name: str = ""
     min_image_size: int = 1
 
 
-_FLAT = ("in_features",)
+_IMAGES = {"takes_images": True, "channels_last": True}
+_VECTORS = {"takes_images": False, "channels_last": False}
 _SPECS = [
-    ModelSpec("linreg", "linear", linear.linreg, _FLAT, "linear regression, d → 1"),
-    ModelSpec("softmax", "linear", linear.softmax, _FLAT, "softmax regression, d → classes"),
-    ModelSpec("mlp", "mlp", linear.mlp, _FLAT + ("hidden", "activation", "dropout", "batch_norm"),
-              "multilayer perceptron (default one hidden layer of 256, ReLU)"),
+    ModelSpec("linreg", "linear", linear.linreg, _FLAT, "linear regression, d → 1", **_VECTORS),
+    ModelSpec("softmax", "linear", linear.softmax, _FLAT, "softmax regression, d → classes", **_VECTORS),
+    ModelSpec("mlp", "mlp", linear.mlp, _MLP, "multilayer perceptron (default one hidden layer of 256, ReLU)",
+              **_VECTORS),
 ]
 
 # name → (paper configuration, LRN); each also registered with `_bn`.
@@ -39,17 +97,18 @@ for _name, (_cfg, _lrn) in _VGGS.items():
     _letter = _cfg + ("-LRN" if _lrn else "")
     for _bn in (False, True):
         _SPECS.append(ModelSpec(
-            _name + ("_bn" if _bn else ""), "vgg", partial(vgg.vgg, _cfg, _bn, _lrn), ("head", "dropout"),
-            f"VGG configuration {_letter}" + (" with batch norm" if _bn else ""), paper_name=_letter if not _bn else "",
-            min_image_size=32))  # five 2×2 max-pools
+            _name + ("_bn" if _bn else ""), "vgg", partial(vgg.vgg, _cfg, _bn, _lrn), _VGG,
+            f"VGG configuration {_letter}" + (" with batch norm" if _bn else ""), **_IMAGES,
+            paper_name=_letter if not _bn else "", min_image_size=32))  # five 2×2 max-pools
 
 for _depth, (_block, _layers) in resnet.DEPTHS.items():
     _SPECS.append(ModelSpec(
-        f"resnet{_depth}", "resnet", partial(resnet.resnet, _depth), ("stem", "zero_init_residual"),
-        f"ResNet-{_depth}, {_block.__name__} × {sum(_layers)}"))
+        f"resnet{_depth}", "resnet", partial(resnet.resnet, _depth), _RESNET,
+        f"ResNet-{_depth}, {_block.__name__} × {sum(_layers)}", **_IMAGES))
 
-_SPECS.append(ModelSpec("speednet", "speednet", speednet.speednet, ("hidden",),
-                        "CIFAR speedrun net: patch-whitening conv + 3 conv groups (64, 256, 256)", min_image_size=16))
+_SPECS.append(ModelSpec("speednet", "speednet", speednet.speednet, _SPEEDNET,
+                        "CIFAR speedrun net: patch-whitening conv + 3 conv groups (64, 256, 256)", **_IMAGES,
+                        min_image_size=16))
 
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 ALIASES: dict[str, str] = {s.paper_name: s.name for s in _SPECS if s.paper_name}
@@ -70,18 +129,30 @@ def model_info(name: str) -> ModelSpec:
     return REGISTRY[key]
 
 
-def create_model(name: str, num_classes: int = 10, *, in_channels: int = 3, image_size: int = 32,
-                 **options) -> nn.Module:
-    """Build a registered model as a CPU module (the caller moves it).
+def check_arguments(**arguments) -> dict:
+    """num_classes, in_channels and image_size checked by ARGUMENT_CHECKS; one line naming the first bad one."""
+    return {name: ARGUMENT_CHECKS[name](value) for name, value in arguments.items()}
 
-    image_size matters only to the flat models (linreg, softmax, mlp), whose input width is in_channels·size².
-    """
-    spec = model_info(name)
+
+def _checked_options(spec: ModelSpec, options: dict) -> dict:
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         allowed = ", ".join(spec.options) or "none"
         raise CnnlabError(f"model {spec.name!r} takes no option {', '.join(unknown)}; its options are: {allowed}")
-    if isinstance(image_size, int) and image_size < spec.min_image_size:
+    return {name: spec.options[name](value) for name, value in options.items()}
+
+
+def create_model(name: str, num_classes: int = 10, *, in_channels: int = 3, image_size: int = 32,
+                 **options) -> nn.Module:
+    """Build a registered model as a CPU module (the caller moves it).
+
+    Every argument is checked here, once, so the builders assume valid input. image_size matters only to the flat
+    models (linreg, softmax, mlp), whose input width is in_channels·size².
+    """
+    spec = model_info(name)
+    options = _checked_options(spec, options)
+    arguments = check_arguments(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    if arguments["image_size"] < spec.min_image_size:
         raise CnnlabError(f"model {spec.name!r} needs images of at least {spec.min_image_size}×{spec.min_image_size} "
                           f"pixels, got {image_size}; resize the images or pick a resnet, mlp or softmax model")
-    return spec.builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+    return spec.builder(**arguments, **options)

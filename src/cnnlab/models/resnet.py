@@ -6,8 +6,6 @@ Module names follow torchvision's `resnet.py` (conv1, bn1, layerN.i.downsampleâ€
 
 from torch import nn
 
-from cnnlab.errors import check_choice, check_positive_int
-
 STEMS = ("imagenet", "cifar")
 
 
@@ -153,8 +151,5 @@ class ResNet(nn.Module):
 def resnet(depth: int, *, num_classes=1000, in_channels=3, image_size=None, stem="imagenet",
            zero_init_residual=False) -> ResNet:
     """Build ResNet-`depth`. image_size is unused: the global pool takes any size."""
-    check_choice("ResNet depth", depth, sorted(DEPTHS))
-    check_choice("stem", stem, STEMS)
     block, layers = DEPTHS[depth]
-    return ResNet(block, layers, check_positive_int("num_classes", num_classes),
-                  check_positive_int("in_channels", in_channels), stem, bool(zero_init_residual))
+    return ResNet(block, layers, num_classes, in_channels, stem, zero_init_residual)

@@ -14,8 +14,6 @@ Jordan's airbench, arXiv:2404.00498), written here from their descriptions:
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
-
 WIDTHS = (64, 256, 256)  # the three conv groups
 WHITEN_KERNEL = 2
 LOGIT_SCALE = 1 / 9
@@ -102,7 +100,4 @@ class SpeedNet(nn.Module):
 
 def speednet(num_classes=10, in_channels=3, image_size=32, hidden=None):
     """The registry builder; `hidden` overrides the three group widths (smaller ones for CPU-sized checks)."""
-    widths = tuple(hidden) if hidden else WIDTHS
-    if len(widths) != 3 or min(widths) < 1:
-        raise CnnlabError(f"speednet takes three positive group widths (e.g. --hidden 64,256,256), got {list(widths)}")
-    return SpeedNet(num_classes, in_channels, widths)
+    return SpeedNet(num_classes, in_channels, tuple(hidden) if hidden else WIDTHS)

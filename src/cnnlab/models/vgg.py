@@ -5,8 +5,6 @@ Module names and indices follow torchvision's `vgg.py`, so its checkpoints load 
 
 from torch import nn
 
-from cnnlab.errors import check_choice, check_positive_int, check_probability
-
 # An int is a 3×3 conv with that many output channels, (c, 1) a 1×1 conv (configuration C), "M" a 2×2 max-pool.
 CFGS = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -104,7 +102,4 @@ class VGG(nn.Module):
 def vgg(cfg: str, batch_norm=False, lrn=False, *, num_classes=1000, in_channels=3, image_size=None,
         head="imagenet", dropout=0.5) -> VGG:
     """Build VGG configuration `cfg` (A–E). image_size is unused: the adaptive pool takes any size ≥ 32."""
-    check_choice("VGG configuration", cfg, sorted(CFGS))
-    check_choice("head", head, HEADS)
-    features = make_features(CFGS[cfg], batch_norm, lrn, check_positive_int("in_channels", in_channels))
-    return VGG(features, check_positive_int("num_classes", num_classes), head, check_probability("dropout", dropout))
+    return VGG(make_features(CFGS[cfg], batch_norm, lrn, in_channels), num_classes, head, dropout)

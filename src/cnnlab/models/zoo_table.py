@@ -2,9 +2,8 @@
 
 import torch
 
-from cnnlab.errors import check_positive_int
 from cnnlab.models.profile import count_macs, count_params
-from cnnlab.models.registry import ALIASES, REGISTRY, create_model, list_models
+from cnnlab.models.registry import ALIASES, REGISTRY, check_arguments, create_model, list_models
 
 _FAMILY_OPTIONS = {"vgg": "head", "resnet": "stem"}
 
@@ -14,9 +13,7 @@ def model_table(num_classes=1000, image_size=224, in_channels=3, head="imagenet"
 
     MACs are None for a model that cannot take images this small (VGG below 32×32).
     """
-    check_positive_int("num_classes", num_classes)
-    check_positive_int("image_size", image_size)
-    check_positive_int("in_channels", in_channels)
+    check_arguments(num_classes=num_classes, image_size=image_size, in_channels=in_channels)
     aliases = {v: k for k, v in ALIASES.items()}
     family_option = {"head": head, "stem": stem}
     rows = []
