@@ -150,19 +150,7 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path) -> "TrainConfig":
-        path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CnnlabError(f"config file {path} does not exist") from None
-        except IsADirectoryError:
-            raise CnnlabError(f"config file {path} is a folder; pass a .toml file") from None
-        except OSError as e:
-            raise CnnlabError(f"cannot read config file {path} ({e.strerror or e})") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise CnnlabError(f"{path} is not valid TOML ({e})") from None
-        values.pop("cnnlab", None)  # provenance table written by to_toml
-        return cls.from_dict(values, str(path))
+        return cls.from_dict(read_toml(path), str(path))
 
     def to_toml(self) -> str:
         lines = []
@@ -173,6 +161,24 @@ class TrainConfig:
             else:
                 lines.append(f"{f.name} = {_toml_value(value)}")
         return "\n".join(lines + [END_OF_CONFIG]) + "\n"
+
+
+def read_toml(path) -> dict:
+    """A config file's settings as TOML gives them (the provenance table dropped); an unreadable file is one
+    CnnlabError line. Checking them is the caller's business: TrainConfig is strict, a report compares."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CnnlabError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise CnnlabError(f"config file {path} is a folder; pass a .toml file") from None
+    except OSError as e:
+        raise CnnlabError(f"cannot read config file {path} ({e.strerror or e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CnnlabError(f"{path} is not valid TOML ({e})") from None
+    values.pop("cnnlab", None)  # provenance table written by to_toml
+    return values
 
 
 def _toml_value(value) -> str:

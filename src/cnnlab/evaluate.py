@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnnlab.atomic import atomic_write
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
 from cnnlab.data import STREAMED
@@ -74,7 +75,8 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
                                                      out_dir / f"confusion_{split}.png"))
         result["confusion"] = confusion.tolist()
         # Reports read per-class accuracy from here; they never load checkpoints.
-        (out_dir / f"eval_{split}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        with atomic_write(out_dir / f"eval_{split}.json", "w") as f:
+            f.write(json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -8,14 +8,13 @@ import platform
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import torch
 
 from cnnlab.atomic import atomic_write
 from cnnlab.checkpoint import save_checkpoint
-from cnnlab.config import END_OF_CONFIG, TrainConfig
+from cnnlab.config import END_OF_CONFIG, TrainConfig, read_toml
 from cnnlab.errors import CnnlabError
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
@@ -175,17 +174,9 @@ class RunFolder:
 
 # -- reading a run folder: one reader for resuming and for reporting -----------------------------------------------
 def read_config_values(path: Path) -> dict:
-    """config.toml's settings as TOML gives them; an unreadable file is one CnnlabError line. Checking them is the
-    caller's business: a resume builds the strict TrainConfig, a report compares whatever is there."""
-    path = Path(path)
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CnnlabError(f"cannot read config file {path} ({e.strerror or e})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise CnnlabError(f"{path} is not valid TOML ({e})") from None
-    values.pop("cnnlab", None)  # provenance table written by to_toml
-    return values
+    """config.toml's settings as TOML gives them (see config.read_toml): a resume builds the strict TrainConfig
+    from them, a report compares whatever is there."""
+    return read_toml(path)
 
 
 def read_metrics(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
