@@ -178,8 +178,7 @@ def test_synthetic_linear_has_the_seed_parameters():
 
 def test_imagenet_folders_are_streamed_not_loaded(tmp_path, capsys):
     from cnnlab.cli import main
-    from cnnlab.data.loader import to_model_input
-    from cnnlab.data.stream import streaming_loader
+    from cnnlab.data.stream import StreamingImageFolder, StreamLoader
     import torch
 
     root = tmp_path / "imagenet"
@@ -192,10 +191,14 @@ def test_imagenet_folders_are_streamed_not_loaded(tmp_path, capsys):
         load_dataset("imagenet", root)
     with pytest.raises(Exception, match="pass --dataset imagenet"):
         load_dataset(None, root, cache_dir=tmp_path / "c")
-    loader = streaming_loader(root / "train", train=True, batch_size=4, workers=0, image_size=32, resize_size=36)
+    # As training streams it: uint8 images decoded per sample, normalised into channels_last batches.
+    folder = StreamingImageFolder(root / "train", False, image_size=32, resize_size=36)
+    assert folder[0][0].dtype == torch.uint8 and folder[0][0].shape == (3, 32, 32)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    loader = StreamLoader(folder, range(len(folder)), batch_size=4, device="cpu", train=False, mean=mean, std=std,
+                          workers=0)
     x, y = next(iter(loader))
-    assert x.dtype == torch.uint8 and x.shape == (4, 3, 32, 32)
-    mean = torch.tensor([0.485, 0.456, 0.406])
-    std = torch.tensor([0.229, 0.224, 0.225])
-    z = to_model_input(x, mean, std, layout="nchw")
-    assert z.shape == (4, 3, 32, 32) and z.is_contiguous(memory_format=torch.channels_last)
+    assert x.shape == (4, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+    by_hand = (torch.stack([folder[i][0] for i in range(4)]) / 255 - torch.tensor(mean).view(3, 1, 1)) \
+        / torch.tensor(std).view(3, 1, 1)
+    assert torch.allclose(x, by_hand, atol=1e-5) and y.tolist() == [0, 0, 0, 1]

@@ -1,4 +1,8 @@
-"""The streaming ImageFolder loader: listing, transforms against torchvision, seeding, workers, bad inputs."""
+"""The streaming ImageFolder loader: listing, transforms against torchvision, seeding, workers, bad inputs.
+
+The loaders are built as training builds them (prepare.build_streamed_data): a StreamingImageFolder seeded with the
+run's seed under a StreamLoader seeded with it too.
+"""
 
 import warnings
 
@@ -7,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.data.stream import (StreamingImageFolder, eval_transform, list_image_folder, sample_crop_box,
-                                streaming_loader, train_transform)
+from cnnlab.config import TrainConfig
+from cnnlab.data.stream import (StreamingImageFolder, StreamLoader, eval_transform, list_image_folder, sample_crop_box,
+                                train_transform)
 from cnnlab.errors import CnnlabError
 
 # (class, file name, (width, height), mode); sizes on both sides of 224 and 256, both orientations
@@ -141,26 +146,34 @@ def test_train_transform_matches_torchvision_pipeline(split):
         assert torch.equal(train_transform(img, 224, torch.Generator().manual_seed(seed)), ref)
 
 
+def _loader(root, *, train, batch_size=4, workers=0, seed=0, **sizes):
+    dataset = StreamingImageFolder(root, train, seed=seed, **sizes)
+    return StreamLoader(dataset, range(len(dataset)), batch_size=batch_size, device="cpu", train=train,
+                        mean=[0.5] * 3, std=[0.25] * 3, channels_last=False, workers=workers, seed=seed)
+
+
+def _epoch(loader):
+    batches = list(loader)
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_batches(split, workers):
-    train = streaming_loader(split, train=True, batch_size=4, workers=workers, seed=3)
-    batches = list(train)
-    assert len(batches) == 1  # 6 images, drop_last for training
-    images, labels = batches[0]
-    assert images.shape == (4, 3, 224, 224) and images.dtype == torch.uint8
-    assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1}
-    again = next(iter(streaming_loader(split, train=True, batch_size=4, workers=workers, seed=3)))
+    images, labels = _epoch(_loader(split, train=True, workers=workers, seed=3))
+    assert images.shape == (6, 3, 224, 224) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64 and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    again = _epoch(_loader(split, train=True, workers=workers, seed=3))
     assert torch.equal(again[0], images) and torch.equal(again[1], labels)
 
-    evaluation = list(streaming_loader(split, train=False, batch_size=4, workers=workers))
+    evaluation = list(_loader(split, train=False, workers=workers))
     assert [len(y) for _, y in evaluation] == [4, 2]
     assert torch.cat([y for _, y in evaluation]).tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_loader_epochs_and_seeds_differ(split):
-    loader = streaming_loader(split, train=True, batch_size=6, workers=0, seed=0)
-    epoch1, epoch2 = next(iter(loader))[0], next(iter(loader))[0]
-    other = next(iter(streaming_loader(split, train=True, batch_size=6, workers=0, seed=1)))[0]
+    loader = _loader(split, train=True, batch_size=6, seed=0)
+    epoch1, epoch2 = _epoch(loader)[0], _epoch(loader)[0]
+    other = _epoch(_loader(split, train=True, batch_size=6, seed=1))[0]
     assert not torch.equal(epoch1, epoch2) and not torch.equal(epoch1, other)
 
 
@@ -196,16 +209,15 @@ def test_skip_bad_images_substitutes_the_next_readable_sample(split_with_bad):
         ds[1]  # a known bad file is skipped without decoding or warning again
     assert ds.skipped == 3 and {p.rsplit("/", 1)[-1] for p in ds.bad_paths} == {"b_garbage.jpg",
                                                                                 "d_truncated.jpg"}
-    loader = streaming_loader(split_with_bad, train=False, batch_size=4, workers=0, skip_bad_images=True,
-                              image_size=64, resize_size=72)
+    loader = _loader(split_with_bad, train=False, skip_bad_images=True, image_size=64, resize_size=72)
     with pytest.warns(UserWarning):
         (images, labels), = list(loader)
-    assert images.shape == (4, 3, 64, 64)
+    assert images.shape == (4, 3, 64, 64) and labels.tolist() == [0, 1, 1, 0]  # b → c.jpg, d → a.jpg
 
 
 def test_bad_settings_are_rejected(split):
     _one_line_error(StreamingImageFolder, split, False, 224, 200, match="resize_size")
-    with pytest.raises(CnnlabError, match="batch_size"):
-        streaming_loader(split, train=True, batch_size=0)
-    with pytest.raises(CnnlabError, match="workers"):
-        streaming_loader(split, train=True, batch_size=2, workers=-1)
+    _one_line_error(StreamingImageFolder, split, False, 0, match="image_size")
+    # The loader's own settings are checked with the run's, before any loader is built.
+    _one_line_error(TrainConfig(model="resnet18", batch_size=0).validate, match="--batch-size")
+    _one_line_error(TrainConfig(model="resnet18", workers=-1).validate, match="--workers")

@@ -205,9 +205,9 @@ class StreamingImageFolder(Dataset):
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: seed this worker's augmentation generator from the loader's per-worker seed.
 
-    The loader derives that seed from its own generator (a base seed drawn when the workers start, + worker_id),
-    so a fixed loader seed gives the same augmentations run after run and no two workers repeat each other's
-    draws. Persistent workers are seeded once and carry their generator on into later epochs.
+    The DataLoader derives that seed from its own generator (a base seed drawn when the workers start, +
+    worker_id), which StreamLoader seeds from its generator each epoch, so a fixed seed gives the same
+    augmentations run after run and no two workers repeat each other's draws.
     """
     info = get_worker_info()
     dataset = info.dataset
@@ -215,31 +215,6 @@ def seed_worker(worker_id: int) -> None:
         dataset = dataset.dataset
     if isinstance(dataset, StreamingImageFolder):
         dataset.generator.manual_seed(info.seed)
-
-
-def streaming_loader(split_dir: Path, *, train: bool, batch_size: int, workers: int = 4, seed: int = 0,
-                     image_size: int = 224, resize_size: int = 256, skip_bad_images: bool = False,
-                     drop_last: bool | None = None) -> DataLoader:
-    """A DataLoader over `split_dir` yielding (uint8 images B×3×H×W, int64 labels B); shuffled when training.
-
-    Reproducible for a given (seed, workers): the shuffle order and each worker's augmentation seed come from
-    one generator seeded with `seed`. drop_last defaults to `train`. Memory is pinned when CUDA is available.
-    """
-    check_positive_int("batch_size", batch_size)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise CnnlabError(f"workers must be a non-negative integer, got {workers!r}")
-    dataset = StreamingImageFolder(split_dir, train, image_size, resize_size, skip_bad_images, seed=seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=train if drop_last is None else drop_last,
-        worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(seed),
-        persistent_workers=workers > 0,
-    )
 
 
 class StreamLoader(EpochOrder):
