@@ -18,6 +18,10 @@ TEST_FOLDERS = ("test", "val")
 
 def list_tree(names: list[str]) -> dict[str, dict[str, list[str]]]:
     """{split: {class: [file names]}} for names of the form split/class/file (deeper files are ignored)."""
+    # Not the rule of stream.list_image_folder (recursive, hidden entries skipped, empty class folders kept):
+    # these are the names detection (formats._image_folder_prefix) matched, with its exact depth and no hidden
+    # rule, and detect_dataset names the dataset from these classes; skipping `.x` folders or reading nested
+    # files here would change which dataset a tree is taken for and which files are decoded.
     tree: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for name in names:
         parts = name.split("/")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from cnnlab.data.images import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
+from cnnlab.data.images import IMAGE_SUFFIXES as IMAGE_EXTENSIONS, is_image
 from cnnlab.data.loader import EpochOrder
 from cnnlab.errors import CnnlabError, check_positive_int
 
@@ -38,6 +38,10 @@ def list_image_folder(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]
     Class folders are searched recursively (as torchvision's ImageFolder does); a class folder without
     images still takes its label, so labels agree between splits that share class names.
     """
+    # Not built on folder.list_tree (file names of a folder or archive, for the in-memory formats): that one reads
+    # exactly split/class/file and keeps hidden entries, as detection does (see its comment), and a list of file
+    # names cannot show a class folder without images, which keeps its label here. ImageNet copies come in
+    # ImageFolder's layout, nested files included.
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise CnnlabError(f"dataset folder {split_dir} does not exist or is not a directory; "
@@ -52,8 +56,7 @@ def list_image_folder(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]
         paths = []
         for folder, dirs, files in os.walk(split_dir / name, followlinks=True):
             dirs[:] = [d for d in dirs if _visible(d)]
-            paths += [os.path.join(folder, f) for f in files
-                      if _visible(f) and f.lower().endswith(IMAGE_EXTENSIONS)]
+            paths += [os.path.join(folder, f) for f in files if _visible(f) and is_image(f)]
         samples += [(p, label) for p in sorted(paths)]
     if not samples:
         raise CnnlabError(f"{split_dir} has {len(classes)} class folder(s) but no images "
