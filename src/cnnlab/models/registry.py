@@ -16,10 +16,6 @@ from cnnlab.models import linear, resnet, speednet, vgg
 Check = Callable[[object], object]
 
 
-def _positive(what: str) -> Check:
-    return partial(check_positive_int, what)
-
-
 def _choice(what: str, choices) -> Check:
     def check(value):
         check_choice(what, value, choices)
@@ -27,12 +23,10 @@ def _choice(what: str, choices) -> Check:
     return check
 
 
-def _true_or_false(what: str) -> Check:
-    def check(value):
-        if not isinstance(value, bool):
-            raise CnnlabError(f"{what} must be true or false, got {value!r}")
-        return value
-    return check
+def _batch_norm(value) -> bool:
+    if not isinstance(value, bool):
+        raise CnnlabError(f"batch_norm must be true or false, got {value!r}")
+    return value
 
 
 def _in_features(value) -> int | None:
@@ -56,12 +50,13 @@ def _group_widths(value):
 
 
 # What every builder takes; `cnnlab models` checks its table's arguments with the same rules.
-ARGUMENT_CHECKS: dict[str, Check] = {name: _positive(name) for name in ("num_classes", "in_channels", "image_size")}
+ARGUMENT_CHECKS: dict[str, Check] = {name: partial(check_positive_int, name)
+                                     for name in ("num_classes", "in_channels", "image_size")}
 
 _DROPOUT = {"dropout": partial(check_probability, "dropout")}
 _FLAT = {"in_features": _in_features}
-_MLP = _FLAT | {"hidden": _hidden_layers, "activation": _choice("activation", sorted(linear.ACTIVATIONS))} | _DROPOUT \
-    | {"batch_norm": _true_or_false("batch_norm")}
+_MLP = {**_FLAT, "hidden": _hidden_layers, "activation": _choice("activation", sorted(linear.ACTIVATIONS)), **_DROPOUT,
+        "batch_norm": _batch_norm}
 _VGG = {"head": _choice("head", vgg.HEADS)} | _DROPOUT
 _RESNET = {"stem": _choice("stem", resnet.STEMS), "zero_init_residual": bool}
 _SPEEDNET = {"hidden": _group_widths}
