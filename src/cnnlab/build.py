@@ -88,7 +88,7 @@ def model_options(config: TrainConfig, image_shape: tuple, num_classes: int, tas
     if task == "regression" and spec.family != "mlp" and spec.name != "linreg":
         raise CnnlabError(f"{spec.name} is a classifier, but {config.dataset} holds regression targets; "
                           "use linreg (or mlp)")
-    if len(image_shape) == 1 and spec.family in ("vgg", "resnet", "speednet"):
+    if len(image_shape) == 1 and spec.takes_images:
         raise CnnlabError(f"model {spec.name} needs images, but {config.dataset} holds feature vectors; "
                           "use linreg, softmax or mlp")
     small = len(image_shape) == 3 and image_shape[0] <= 64
@@ -259,8 +259,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
     if has_batch_norm(model):
         guard_batch_norm(config, data, d)
     init_seconds = _init_from_data(model, data, config, options) if checkpoint is None else None
-    if device.type == "cuda" and model_info(options["name"]).family in ("vgg", "resnet", "speednet"):
-        model = model.to(memory_format=torch.channels_last)
+    model = _memory_format(model, options["name"], device)
     if config.sync_bn and d.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if run is None:
@@ -268,7 +267,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
     setup = Setup(config=config, data=data, device=device, run=run, options=options,
                   train_model=_train_model(model, config, device, d),
                   criterion=loss_fn(data.task, config.label_smoothing),
-                  autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"),
+                  autocast=_autocast(config, device),
                   d=d, wall_start=wall_start, init_seconds=init_seconds,
                   nonfinite_step=torch.full((), -1, device=device, dtype=torch.int64))
     state = _state(model, setup)
@@ -280,12 +279,35 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
         return setup, state
     state.load_state_dict(checkpoint)
     run.truncate_metrics(state.epoch)
-    if rewrite_config and not run.readonly:
-        run.file("config.toml").write_text(config.to_toml(), encoding="utf-8")
+    if rewrite_config:
+        run.write_config(config)
     position = state.position
     setup.say(f"resuming {run.path} after epoch {state.epoch}"
               + (f", inside epoch {position['epoch']} at step {position['batch']}" if position else ""))
     return setup, state
+
+
+def bare_setup(config: TrainConfig, model, device: torch.device, steps_per_epoch: int = 1,
+               task: str = "classification") -> tuple[Setup, TrainState]:
+    """Setup and TrainState for stepping `model` as `start` would, without data or a run folder (benchmarks)."""
+    model = _memory_format(model.to(device), config.model, device)
+    setup = Setup(config=config, data=None, device=device, run=None, options={},
+                  train_model=_train_model(model, config, device, Dist()),
+                  criterion=loss_fn(task, config.label_smoothing), autocast=_autocast(config, device))
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    return setup, TrainState(model, optimizer, scheduler, None, default_monitor(task))
+
+
+def _memory_format(model, name: str, device: torch.device):
+    """Convolutional models in channels_last on CUDA, where cuDNN's NHWC kernels are the fast ones."""
+    if device.type == "cuda" and model_info(name).channels_last:
+        return model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
 def _reopen(resume: str, config: TrainConfig | None, d: Dist, stack):

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 import torch
 
 from cnnlab import distributed
-from cnnlab.build import Setup, start
+from cnnlab.build import Setup, bare_setup, start
 from cnnlab.config import TrainConfig
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.distributed import Dist, any_true, barrier
@@ -46,15 +46,22 @@ def optimizer_step(state: TrainState) -> None:
         state.lookahead.step(state.scheduler.last_epoch)
 
 
-def train_step(setup: Setup, state: TrainState, x, y, batch: int):
-    """One minibatch step on batch number `batch` of the epoch. With several processes each holds a shard of
-    the global batch; its mean loss is weighted by shard size × processes / global batch size, so DDP's average
-    over processes is the global batch's mean."""
-    begin, end = state.loader.bounds(batch)
+def train_step(setup: Setup, state: TrainState, x, y, global_n: int):
+    """One minibatch step. With several processes each holds a shard of the global batch of `global_n` examples;
+    its mean loss is weighted by shard size × processes / global_n, so DDP's average over processes is the global
+    batch's mean."""
     state.optimizer.zero_grad(set_to_none=True)
-    loss, out = forward_backward(setup, x, y, len(y) * setup.d.world_size / (end - begin))
+    loss, out = forward_backward(setup, x, y, len(y) * setup.d.world_size / global_n)
     optimizer_step(state)
     return loss, out
+
+
+def step_function(config: TrainConfig, model, device: torch.device, steps_per_epoch: int = 1):
+    """`step(x, y) -> loss`: the engine's own minibatch step for `model`, set up as `fit` sets it up (optimizer
+    groups, schedule, autocast, loss with label smoothing, channels_last, torch.compile), without data or a run
+    folder — for benchmarks that time steps."""
+    setup, state = bare_setup(config, model, device, steps_per_epoch)
+    return lambda x, y: train_step(setup, state, x, y, len(y))[0].detach()
 
 
 def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) -> tuple[Sums, int]:
@@ -77,7 +84,8 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
         if loader.full_batch:
             loss, out = forward_backward(setup, x, y, len(y) * d.world_size / data.n_train)
         else:
-            loss, out = train_step(setup, state, x, y, step)
+            begin, end = loader.bounds(step)
+            loss, out = train_step(setup, state, x, y, end - begin)
         sums.add(loss, out.float(), y)
         bad = setup.nonfinite_step
         bad.copy_(torch.where((bad < 0) & ~torch.isfinite(loss), step, bad))
