@@ -81,11 +81,11 @@ def resolve_data(config: TrainConfig) -> TrainConfig:
 def model_options(config: TrainConfig, image_shape: tuple, num_classes: int, task: str | None = None) -> dict:
     """The registry options for this config and data: small images get the CIFAR head/stem unless told otherwise."""
     spec = model_info(config.model)
-    if spec.name == "linreg" and task not in (None, "regression"):
-        raise CnnlabError(f"linreg is linear regression (one real-valued output, squared loss), but "
-                          f"{config.dataset} has class labels; use softmax (softmax regression) or another "
-                          "classifier, or --dataset synthetic-linear for regression")
-    if task == "regression" and spec.family != "mlp" and spec.name != "linreg":
+    if task is not None and task not in spec.tasks:
+        if task == "classification":  # linreg: the only model without a classifier's output
+            raise CnnlabError(f"{spec.name} is linear regression (one real-valued output, squared loss), but "
+                              f"{config.dataset} has class labels; use softmax (softmax regression) or another "
+                              "classifier, or --dataset synthetic-linear for regression")
         raise CnnlabError(f"{spec.name} is a classifier, but {config.dataset} holds regression targets; "
                           "use linreg (or mlp)")
     if len(image_shape) == 1 and spec.takes_images:

@@ -72,6 +72,7 @@ class ModelSpec:
     description: str
     takes_images: bool  # needs (C, H, W) images; False: it flattens its input, so feature vectors do too
     channels_last: bool  # on CUDA, move it to channels_last memory: cuDNN's convolutions are faster in NHWC
+    tasks: tuple[str, ...] = ("classification",)  # what its output can be trained for
     paper_name: str = ""
     min_image_size: int = 1
 
@@ -79,10 +80,11 @@ class ModelSpec:
 _IMAGES = {"takes_images": True, "channels_last": True}
 _VECTORS = {"takes_images": False, "channels_last": False}
 _SPECS = [
-    ModelSpec("linreg", "linear", linear.linreg, _FLAT, "linear regression, d → 1", **_VECTORS),
+    ModelSpec("linreg", "linear", linear.linreg, _FLAT, "linear regression, d → 1", **_VECTORS,
+              tasks=("regression",)),
     ModelSpec("softmax", "linear", linear.softmax, _FLAT, "softmax regression, d → classes", **_VECTORS),
     ModelSpec("mlp", "mlp", linear.mlp, _MLP, "multilayer perceptron (default one hidden layer of 256, ReLU)",
-              **_VECTORS),
+              **_VECTORS, tasks=("classification", "regression")),
 ]
 
 # name → (paper configuration, LRN); each also registered with `_bn`.
