@@ -208,7 +208,7 @@ FLAGS = {
     "model unknown": (["--model", "nope"], "unknown model"),
     "dataset unknown": (["--dataset", "nope"], "--dataset"),
     "schedule unknown": (["--schedule", "nope"], "--schedule"),
-    "precision fp16": (["--precision", "fp16"], "--precision"),
+    "precision fp8": (["--precision", "fp8"], "--precision"),
     "early stop metric unknown": (["--early-stop-metric", "acc"], "--early-stop-metric"),
     "early stopping without a validation split": (["--early-stop-metric", "val_loss", "--val-split", "0"],
                                                   "--early-stop-metric"),

@@ -80,10 +80,16 @@ class TrainConfig:
     early_stop_rule: str = _f("best", "improvement over the best value so far, or over the previous epoch (the "
                                       "seed's rule)", ("best", "previous"))
     # engine
-    precision: str = _f("fp32", "fp32, or bf16 autocast", ("fp32", "bf16"))
+    precision: str = _f("auto", "auto (bf16 autocast where the CPU or GPU computes bf16 natively, fp16 autocast with "
+                                "loss scaling on GPUs without bf16, else fp32), fp32, bf16 or fp16",
+                        ("auto", "fp32", "bf16", "fp16"))
     compile: bool = _f(False, "torch.compile the model")
+    threads: int | None = _f(None, "CPU threads for PyTorch's kernels (default: every core this process may use)")
+    deterministic: bool = _f(False, "deterministic kernels (torch.use_deterministic_algorithms, no cuDNN "
+                                    "autotuning): two runs with one seed give identical numbers, a little slower")
     sync_bn: bool = _f(False, "under torchrun: batch-norm statistics over the global batch (SyncBatchNorm)")
-    device: str = _f("auto", "auto (CUDA when present), cpu or cuda", ("auto", "cpu", "cuda"))
+    device: str = _f("auto", "auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda or mps",
+                     ("auto", "cpu", "cuda", "mps"))
     seed: int = _f(0, "seed for initialisation, split, shuffling and augmentation")
     out: str | None = _f(None, "run folder (default: runs/<model>-<dataset>-<time>)")
     checkpoint_every: int = _f(1, "write last.pt every N epochs")
@@ -130,6 +136,7 @@ class TrainConfig:
         need(self.early_stop_patience >= 1, "early_stop_patience", "use a positive integer")
         need(self.subset is None or self.subset >= 2, "subset", "use an integer ≥ 2")
         need(self.test_subset is None or self.test_subset >= 1, "test_subset", "use a positive integer")
+        need(self.threads is None or 1 <= self.threads <= 4096, "threads", "use a positive integer")
         need(self.checkpoint_every >= 1, "checkpoint_every", "use a positive integer")
         need(not self.nesterov or self.momentum > 0, "nesterov", "Nesterov needs --momentum > 0")
         need(self.early_stop_metric is None or self.val_split > 0, "early_stop_metric",

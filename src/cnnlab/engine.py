@@ -30,20 +30,14 @@ DIST_STOP_CHECK_EVERY = 16  # steps between the ranks' checks for a stop request
 
 
 # -- one step, one epoch, one evaluation ------------------------------------------------------------------------
-def forward_backward(setup: Setup, x, y, weight: float):
-    """The loss of one batch and its gradient, scaled by `weight` (the batch's share of what one step averages)."""
+def forward_backward(setup: Setup, state: TrainState, x, y, weight: float):
+    """The loss of one batch and its gradient, scaled by `weight` (the batch's share of what one step averages)
+    and, under fp16, by the loss scaler."""
     with setup.autocast:
         out = setup.train_model(x)
         loss = setup.criterion(out.float(), y)
-    (loss * weight).backward()
+    state.scaler.scale(loss * weight).backward()
     return loss, out
-
-
-def optimizer_step(state: TrainState) -> None:
-    state.optimizer.step()
-    state.scheduler.step()
-    if state.lookahead is not None:
-        state.lookahead.step(state.scheduler.last_epoch)
 
 
 def train_step(setup: Setup, state: TrainState, x, y, global_n: int):
@@ -51,8 +45,8 @@ def train_step(setup: Setup, state: TrainState, x, y, global_n: int):
     its mean loss is weighted by shard size × processes / global_n, so DDP's average over processes is the global
     batch's mean."""
     state.optimizer.zero_grad(set_to_none=True)
-    loss, out = forward_backward(setup, x, y, len(y) * setup.d.world_size / global_n)
-    optimizer_step(state)
+    loss, out = forward_backward(setup, state, x, y, len(y) * setup.d.world_size / global_n)
+    state.step()
     return loss, out
 
 
@@ -82,7 +76,7 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
         state.optimizer.zero_grad(set_to_none=True)
     for step, (x, y) in enumerate(loader, start=first):
         if loader.full_batch:
-            loss, out = forward_backward(setup, x, y, len(y) * d.world_size / data.n_train)
+            loss, out = forward_backward(setup, state, x, y, len(y) * d.world_size / data.n_train)
         else:
             begin, end = loader.bounds(step)
             loss, out = train_step(setup, state, x, y, end - begin)
@@ -96,7 +90,7 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
             progress.close()
             return sums, step + 1
     if loader.full_batch:
-        optimizer_step(state)
+        state.step()
     progress.close()
     return sums, len(loader)
 
@@ -196,6 +190,7 @@ def record_epoch(setup: Setup, state: TrainState, epoch: int, sums: Sums, epoch_
     data, run = setup.data, setup.run
     train = sums.result()  # waits for the GPU: the epoch's time is real
     train_seconds = time.perf_counter() - epoch_start
+    skipped = state.end_epoch()
     val = evaluate(state.model, data.val, data.task, setup.num_classes, setup.autocast, d=setup.d,
                    tta=setup.tta) if data.val else {}
     row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train.get("acc"),
@@ -209,7 +204,8 @@ def record_epoch(setup: Setup, state: TrainState, epoch: int, sums: Sums, epoch_
               + (f" acc {row['train_acc']:.4f}" if row["train_acc"] is not None else "")
               + (f"  val loss {row['val_loss']:.4f}" if val else "")
               + (f" acc {row['val_acc']:.4f}" if row["val_acc"] is not None else "")
-              + f"  {row['images_per_second']:.0f} img/s  {row['epoch_seconds']:.1f} s")
+              + f"  {row['images_per_second']:.0f} img/s  {row['epoch_seconds']:.1f} s"
+              + (f"  ({skipped} steps skipped: fp16 gradients overflowed)" if skipped else ""))
     return row
 
 
@@ -221,7 +217,10 @@ def finish(setup: Setup, state: TrainState, stop_reason: str) -> dict:
                "epochs_run": state.epoch, "stop_reason": stop_reason, "best_metric": best["metric"],
                "best_value": best["value"], "best_epoch": best["epoch"], "seed": config.seed,
                "val_size": data.notes.get("val_size"), "test_size": data.test.num_examples,
-               "test_subset": config.test_subset, "wall_seconds": round(time.perf_counter() - setup.wall_start, 2)}
+               "test_subset": config.test_subset, "wall_seconds": round(time.perf_counter() - setup.wall_start, 2),
+               "precision": setup.precision.name, "precision_reason": setup.precision.reason,
+               "skipped_steps": state.skipped_steps, "threads": setup.threads, "deterministic": config.deterministic,
+               "channels_last": setup.model_channels_last}
     rows = run.metrics()
     summary.update(_timings(rows, setup.init_seconds))
     barrier(setup.d)  # rank 0 has written best.pt

@@ -14,7 +14,8 @@ from cnnlab.config import TrainConfig
 from cnnlab.data import STREAMED
 from cnnlab.engine import evaluate
 from cnnlab.tta import tta_logits
-from cnnlab.build import build_data, resolve_device
+from cnnlab.build import build_data
+from cnnlab.hardware import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 

@@ -4,6 +4,9 @@ A checkpoint is `TrainState.state_dict()` plus what describes the run (config, m
 normalisation; `Setup.describe()`), so saving and resuming cannot drift apart: they are the same two methods.
 """
 
+import re
+import warnings
+
 import torch
 
 from cnnlab.averaging import Lookahead
@@ -20,9 +23,13 @@ class TrainState:
     position there (`{"epoch", "batch", "order", "sums"}`)."""
 
     def __init__(self, model, optimizer, scheduler, loader, monitor: Monitor,
-                 early: EarlyStopping | None = None, lookahead: Lookahead | None = None):
+                 early: EarlyStopping | None = None, lookahead: Lookahead | None = None,
+                 scaler: torch.amp.GradScaler | None = None):
         self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
         self.monitor, self.early, self.lookahead = monitor, early, lookahead
+        self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)  # fp16's loss scaling; off otherwise
+        self.skipped_steps = 0  # optimizer steps fp16 loss scaling skipped (gradients overflowed), all epochs
+        self._skipped = None  # this epoch's count, on the device until the epoch ends
         self.epoch = 0  # completed epochs
         self.best = {"metric": monitor.metric, "value": None, "epoch": None}
         self.position: dict | None = None
@@ -41,6 +48,8 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "early_stopping": self.early.state_dict() if self.early else None,
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "skipped_steps": self.skipped_steps + self.skipped_this_epoch(),
             "rng": {"torch": torch.get_rng_state(), "loader": self.loader.state_dict(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "epoch": self.epoch, "best": self.best, "position": self.position,
@@ -54,9 +63,40 @@ class TrainState:
             self.early.load_state_dict(state["early_stopping"])
         if self.lookahead and state.get("lookahead"):
             self.lookahead.load_state_dict(state["lookahead"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps, self._skipped = state.get("skipped_steps", 0), None
         torch.set_rng_state(state["rng"]["torch"])
         loader_state = state["rng"]["loader"]  # older checkpoints stored the bare generator state
         self.loader.load_state_dict(loader_state if isinstance(loader_state, dict) else {"generator": loader_state})
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.best, self.position = state["epoch"], state["best"], state["position"]
+
+    def step(self) -> None:
+        """One optimizer step (through the loss scaler under fp16: a step whose gradients overflowed is skipped
+        and the scale lowered), then the schedule and Lookahead."""
+        if self.scaler.is_enabled():
+            # The scale is a device tensor; comparing it there costs no host sync (get_scale() would, every step).
+            before = self.scaler._scale.clone()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = (self.scaler._scale < before).sum()
+            self._skipped = skipped if self._skipped is None else self._skipped + skipped
+        else:
+            self.optimizer.step()
+        with warnings.catch_warnings():
+            # The schedule counts steps, skipped ones too; torch warns when the very first step was skipped.
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+            self.scheduler.step()
+        if self.lookahead is not None:
+            self.lookahead.step(self.scheduler.last_epoch)
+
+    def skipped_this_epoch(self) -> int:
+        return int(self._skipped) if self._skipped is not None else 0
+
+    def end_epoch(self) -> int:
+        """Close the epoch's count of skipped steps; return it."""
+        skipped = self.skipped_this_epoch()
+        self.skipped_steps, self._skipped = self.skipped_steps + skipped, None
+        return skipped
