@@ -170,7 +170,8 @@ def test_a_missed_kill_is_a_note_not_a_failure():
 def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path):
     result = load_benchmark().run_benchmark(kills=10, epochs=40, seed=0, workdir=tmp_path)
     assert not result.problems, result.problems
-    assert len(result.kills) + result.missed == 10  # a missed kill is timing, not a wrong resume
+    assert len(result.kills) + result.missed == 10  # a missed kill is timing, not a wrong resume…
+    assert len(result.kills) >= 8, result.missed  # …but the kills are planned against progress: nearly all land
     assert all(k.recovered for k in result.kills), [(k.moment, k.at, k.note) for k in result.kills]
     # the first two kills come before the first checkpoint (the process is held at its first line): resume is
     # refused and the run starts again
