@@ -137,3 +137,17 @@ def test_the_cpu_loader_hands_convolutional_models_channels_last_batches(tmp_pat
     config.model = "mlp"  # a flat model gets plain batches: no reordering to undo
     x, _ = next(iter(build_data(config, CPU).train))
     assert x.is_contiguous()
+
+
+def test_two_deterministic_runs_agree_to_the_bit(tmp_path):
+    base = dict(model="resnet18", dataset="cifar10", data=images(tmp_path), epochs=1, batch_size=16, lr=0.01,
+                cache_dir=str(tmp_path / "cache"), deterministic=True, device="cpu", subset=48, test_subset=16)
+    try:
+        for name in ("a", "b"):
+            fit(TrainConfig(**base, out=str(tmp_path / name)))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert rows(tmp_path / "a") == rows(tmp_path / "b")
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
