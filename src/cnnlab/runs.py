@@ -2,7 +2,6 @@
 
 import contextlib
 import csv
-import fcntl
 import json
 import platform
 import subprocess
@@ -16,6 +15,7 @@ from cnnlab.atomic import atomic_write
 from cnnlab.checkpoint import save_checkpoint
 from cnnlab.config import END_OF_CONFIG, TrainConfig, read_toml
 from cnnlab.errors import CnnlabError
+from cnnlab.filelock import try_lock, unlock
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
                   "images_per_second", "step", "elapsed_seconds"]  # cumulative optimizer steps and seconds
@@ -67,17 +67,14 @@ class RunFolder:
         """Hold an exclusive lock on the folder while training: a second process refuses instead of interleaving."""
         with self._writing(".lock"):
             handle = open(self.file(".lock"), "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise CnnlabError(f"run folder {self.path} is in use by another cnnlab process; wait for it to finish "
-                              "or pick another --out") from None
-        try:
-            yield self
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+        with handle:
+            if not try_lock(handle):
+                raise CnnlabError(f"run folder {self.path} is in use by another cnnlab process; wait for it to "
+                                  "finish or pick another --out")
+            try:
+                yield self
+            finally:
+                unlock(handle)
 
     def save_checkpoint(self, state: dict, name: str) -> None:
         if not self.readonly:

@@ -1,8 +1,9 @@
-"""Decode many small encoded images (JPEG, PNG…) into one uint8 array, in parallel."""
+"""Decode many small encoded images (JPEG, PNG…) into one uint8 array, in parallel worker processes."""
 
 import io
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -11,7 +12,10 @@ from PIL import Image, UnidentifiedImageError
 from cnnlab.errors import CnnlabError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
-PARALLEL_FROM = 4096  # below this, starting processes costs more than it saves
+PARALLEL_FROM = 4096  # below this, forking workers costs more than it saves
+# A worker that is not forked (spawn, forkserver) imports cnnlab, and so torch, before its first image: ~1.7 s of CPU,
+# the time one core takes to decode ~10,000 CIFAR images.
+SPAWNED_PARALLEL_FROM = 16384
 
 _BLOBS: list[bytes] = []  # set before forking, so workers inherit the bytes instead of receiving them pickled
 
@@ -29,13 +33,14 @@ def decode(data: bytes, mode: str) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _decode_range(bounds: tuple[int, int], mode: str):
-    """Decode blobs[start:stop] → (kept indices, arrays, unreadable indices). Same-size arrays come back stacked
-    into one N×H×W×C array, so a worker returns one large array instead of thousands of small pickles."""
+def _decode_chunk(blobs: list[bytes], start: int, mode: str):
+    """Decode blobs, the dataset's from index `start` on → (kept indices, arrays, unreadable indices). Same-size
+    arrays come back stacked into one N×H×W×C array, so a worker returns one large array instead of thousands of
+    small pickles."""
     kept, arrays, bad = [], [], []
-    for i in range(*bounds):
+    for i, blob in enumerate(blobs, start):
         try:
-            arrays.append(decode(_BLOBS[i], mode))
+            arrays.append(decode(blob, mode))
             kept.append(i)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             bad.append(i)
@@ -44,29 +49,57 @@ def _decode_range(bounds: tuple[int, int], mode: str):
     return kept, arrays, bad
 
 
+def _decode_inherited(start: int, stop: int, mode: str):
+    """A forked worker's chunk, read from the _BLOBS it inherited."""
+    return _decode_chunk(_BLOBS[start:stop], start, mode)
+
+
+def _fork_context():
+    """The fork context, where decoding workers should fork; None where they start as the program's do.
+
+    Forking is the quickest start, and a forked worker inherits the blobs instead of receiving them pickled. But
+    Windows has no fork, macOS's system libraries are not fork-safe (Python spawns there by default), and a program
+    that chose its start method with multiprocessing.set_start_method keeps it.
+    """
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    if chosen == "fork" or (chosen is None and sys.platform != "darwin"
+                            and "fork" in multiprocessing.get_all_start_methods()):
+        return multiprocessing.get_context("fork")
+    return None
+
+
+def _decode_parts(blobs: list[bytes], mode: str, workers: int) -> list[tuple]:
+    """Each chunk's (kept indices, arrays, unreadable indices), in order; large sets in a process pool."""
+    fork = _fork_context()
+    if len(blobs) < (PARALLEL_FROM if fork else SPAWNED_PARALLEL_FROM) or workers == 1:
+        return [_decode_chunk(blobs, 0, mode)]
+    edges = np.linspace(0, len(blobs), workers * 4 + 1).astype(int).tolist()
+    starts, stops, modes = edges[:-1], edges[1:], [mode] * (len(edges) - 1)
+    if fork is None:  # spawn or forkserver: workers do not share this process's memory, so each is sent its chunk
+        with ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(_decode_chunk, [blobs[a:b] for a, b in zip(starts, stops)], starts, modes))
+    global _BLOBS
+    _BLOBS = blobs
+    try:
+        with ProcessPoolExecutor(workers, mp_context=fork) as pool:
+            return list(pool.map(_decode_inherited, starts, stops, modes))
+    finally:
+        _BLOBS = []
+
+
 def decode_all(blobs: list[bytes], names: list[str], mode: str = "RGB", skip_bad: bool = False,
                workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode every blob; all must share one size. Returns (images N×H×W×C, indices of the blobs kept).
 
     A blob that is not a readable image raises CnnlabError naming it, or with skip_bad is left out. Large sets
-    are decoded by forked processes: PIL holds the GIL for most of a small image's decode, so threads don't help.
+    are decoded by worker processes: PIL holds the GIL for most of a small image's decode, so threads don't help.
     """
-    global _BLOBS
     if not blobs:
         return np.zeros((0, 0, 0, 3 if mode == "RGB" else 1), np.uint8), np.zeros(0, np.int64)
     workers = workers or os.cpu_count() or 1
-    n_chunks = 1 if len(blobs) < PARALLEL_FROM or workers == 1 else workers * 4
-    edges = np.linspace(0, len(blobs), n_chunks + 1).astype(int)
-    ranges = list(zip(edges[:-1].tolist(), edges[1:].tolist()))
-    _BLOBS = blobs
-    try:
-        if n_chunks == 1:
-            parts = [_decode_range(ranges[0], mode)]
-        else:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                parts = list(pool.map(_decode_range, ranges, [mode] * len(ranges)))
-    finally:
-        _BLOBS = []
+    if sys.platform == "win32":
+        workers = min(workers, 61)  # ProcessPoolExecutor refuses more there
+    parts = _decode_parts(blobs, mode, workers)
     bad = [i for _, _, part_bad in parts for i in part_bad]
     if bad and not skip_bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
