@@ -511,12 +511,12 @@ def test_stale_checkpoint_temporaries_are_cleaned_on_the_next_write(capsys, tmp_
 
 
 def test_a_run_folder_in_use_is_refused(capsys, tmp_path, regression_run):
-    import fcntl
+    from cnnlab.filelock import try_lock
 
     run = tmp_path / "run"
     shutil.copytree(regression_run, run)
-    with open(run / ".lock", "a+") as holder:  # another process's lock, as far as flock is concerned
-        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(run / ".lock", "a+") as holder:  # another holder, as far as the OS lock (flock, msvcrt) is concerned
+        assert try_lock(holder)
         fails(capsys, ["train", "--resume", run], tmp_path, "in use by another cnnlab process")
 
 

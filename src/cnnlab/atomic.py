@@ -85,7 +85,9 @@ def _temporary_name(path: Path) -> Path:
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    # Windows' fsync (_commit) needs a descriptor open for writing; POSIX takes a read-only one, which is also
+    # the only way to open a folder there.
+    fd = os.open(path, os.O_RDWR if os.name == "nt" and path.is_file() else os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
