@@ -58,7 +58,10 @@ bench: setup
 	else echo "bench: $(CIFAR) not found, so data.py, seed_experiment.py and speedrun.py are skipped" \
 		"(point DATA= at the datasets folder)"; fi
 	$(PY) benchmarks/throughput.py $(BENCH_ARGS)
-	$(PY) benchmarks/bench_models.py
+	@# cpu.py measures the CPU whatever the device, so it takes only the size; bench_models.py has one size and
+	@# takes only the device (without it, a GPU machine's CPU run would time the GPU).
+	$(PY) benchmarks/cpu.py $(filter --quick,$(BENCH_ARGS))
+	$(PY) benchmarks/bench_models.py $(filter-out --quick,$(BENCH_ARGS))
 	$(PY) benchmarks/kill_resume.py --kills 10
 
 clean:

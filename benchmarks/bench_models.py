@@ -5,18 +5,16 @@ cnnlab model does extra work. Prints one line per model and the ratio cnnlab tim
 never enforced). Exits 1 on a wrong result: a cnnlab model that, given torchvision's weights, computes other logits,
 or whose loss does not fall over the timed steps on one batch.
 
-    python benchmarks/bench_models.py [--device cpu|cuda] [--batch-size N] [--image-size S] [--steps N]
+    python benchmarks/bench_models.py [--device auto|cpu|cuda] [--batch-size N] [--image-size S] [--steps N]
 """
 
-import argparse
-import math
-import sys
 import time
 
 import torch
 import torchvision
 
 from cnnlab import create_model
+from common import describe_device, exit_if_wrong, loss_problem, parser, pick_device, sync
 
 
 def step_time(model, x, y, steps, warmup=2, losses=None):
@@ -25,15 +23,13 @@ def step_time(model, x, y, steps, warmup=2, losses=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     times = []
     for i in range(warmup + steps):
-        if x.is_cuda:
-            torch.cuda.synchronize()
+        sync(x.device)
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        if x.is_cuda:
-            torch.cuda.synchronize()
+        sync(x.device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
         if losses is not None:
@@ -56,18 +52,16 @@ def same_function(ours, ref, x) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "vgg11_bn", "vgg16"])
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    cli.add_argument("--batch-size", type=int, default=16)
+    cli.add_argument("--image-size", type=int, default=64)
+    cli.add_argument("--steps", type=int, default=5)
+    cli.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "vgg11_bn", "vgg16"])
+    args = cli.parse_args()
 
-    device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; batch {args.batch_size} × 3×{args.image_size}²; "
-          f"median of {args.steps} steps")
+    device = pick_device(args.device)
+    print(f"{describe_device(device)}; batch {args.batch_size} × 3×{args.image_size}²; median of {args.steps} steps")
     print(f"{'model':<10} {'cnnlab ms':>10} {'torchvision ms':>15} {'ratio':>7}  {'same function':>13}  "
           f"{'cnnlab loss':>15}")
     torch.manual_seed(0)
@@ -92,14 +86,11 @@ def main():
             problems.append(f"{model_name}: cnnlab's logits differ from torchvision's with the same weights by "
                             f"{difference:.2g} of their size")
         # Means of three steps: VGG's dropout makes single steps' losses jump by ~0.3.
-        first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-        if not (all(math.isfinite(v) for v in losses) and last < first):
-            problems.append(f"{model_name}: the loss did not fall over {len(losses)} steps on one batch (mean of the "
-                            f"first three {first:.4f}, of the last three {last:.4f})")
+        problem = loss_problem(losses, window=3)
+        if problem:
+            problems.append(f"{model_name}: {problem}")
     # The ratio is a timing: printed, never failing. A model that is not torchvision's or does not train is wrong.
-    if problems:
-        print("WRONG RESULT:\n  " + "\n  ".join(problems), file=sys.stderr)
-        sys.exit(1)
+    exit_if_wrong(problems)
     print("results: every model computes torchvision's function and trains; the ratios are timings, not enforced")
 
 

@@ -18,24 +18,22 @@ Timing targets are reported, never enforced. The script exits 1 on a wrong resul
 from the reference decode, a cached reload that differs from the prepare, a loader epoch that misses images.
 """
 
-import argparse
 import hashlib
 import io
 import os
 import tarfile
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from cnnlab.data import load_dataset
+from cnnlab.data.arrays import Split
 from cnnlab.data.loader import DeviceLoader, augment_preset
-from seed_experiment import CIFAR_MEAN, CIFAR_STD, default_workers, exit_if_wrong, typical_loaders
-
-REPO = Path(__file__).resolve().parent.parent
+from common import (CIFAR_MEAN, CIFAR_STD, DEFAULT_CIFAR, cpu_name, default_workers, exit_if_wrong, parser, sync,
+                    subset_indices, typical_loaders)
 
 
 def typical_prepare(path):
@@ -104,12 +102,11 @@ def bench_prepare(path) -> list[str]:
 
 def epoch_rate(batches, device, n):
     """Images/s of one pass over `batches` (an iterable of (x, y)), moving each batch to `device`."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
+    sync(device)
     start = time.perf_counter()
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    sync()
+    sync(device)
     return n / (time.perf_counter() - start)
 
 
@@ -121,8 +118,7 @@ def bench_loader(train, device, batch_size, workers):
     ours = DeviceLoader(images, labels, batch_size=batch_size, device=device, train=True,
                         augment=augment_preset("cifar10"), mean=CIFAR_MEAN, std=CIFAR_STD,
                         channels_last=device.type == "cuda", seed=0)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     to_device = time.perf_counter() - start
     next(iter(ours))  # first-call overheads (kernel loading, allocator) outside the clock
     ours_ips = max(epoch_rate(ours, device, len(images)) for _ in range(2))
@@ -138,25 +134,24 @@ def bench_loader(train, device, batch_size, workers):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--data", default=str(REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"),
-                        help="the CIFAR-10 JPEG tar.gz (default: ../shared/datasets/cifar10-jpeg.tar.gz)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="cpu: the loader on the CPU only; auto/cuda: the CPU and the GPU")
-    parser.add_argument("--quick", action="store_true", help="time the loaders on 20,000 training images, not 50,000")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--workers", type=int, help="reference DataLoader workers (default: as seed_experiment.py)")
-    parser.add_argument("--skip-prepare", action="store_true", help="only the loader part")
-    parser.add_argument("--cache-dir", help="cnnlab's prepared-dataset cache for the loader part")
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--data", default=str(DEFAULT_CIFAR),
+                     help="the CIFAR-10 JPEG tar.gz (default: ../shared/datasets/cifar10-jpeg.tar.gz)")
+    cli.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="cpu: the loader on the CPU only; auto/cuda: the CPU and the GPU")
+    cli.add_argument("--quick", action="store_true", help="time the loaders on 20,000 training images, not 50,000")
+    cli.add_argument("--batch-size", type=int, default=512)
+    cli.add_argument("--workers", type=int, help="reference DataLoader workers (default: one per core, 8 on a GPU)")
+    cli.add_argument("--skip-prepare", action="store_true", help="only the loader part")
+    cli.add_argument("--cache-dir", help="cnnlab's prepared-dataset cache for the loader part")
+    args = cli.parse_args()
 
     devices = [torch.device("cpu")]
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         devices.append(torch.device("cuda"))
     gpu = torch.cuda.get_device_name() if len(devices) > 1 else "none used"
-    print(f"machine: {os.cpu_count()} CPU cores; GPU: {gpu}; torch {torch.__version__}; file: {args.data}")
+    print(f"machine: {os.cpu_count()} CPU cores ({cpu_name()}); GPU: {gpu}; torch {torch.__version__}; "
+          f"file: {args.data}")
 
     problems = []
     if not args.skip_prepare:
@@ -165,9 +160,8 @@ def main():
 
     ds = load_dataset("cifar10", args.data, cache_dir=args.cache_dir)
     n = 20_000 if args.quick else len(ds.train)
-    # A fixed shuffle: the archive is sorted by class.
-    keep = np.sort(np.random.default_rng(0).permutation(len(ds.train))[:n])
-    train = type(ds.train)(ds.train.images[keep], ds.train.labels[keep])
+    keep = subset_indices(len(ds.train), n)
+    train = Split(ds.train.images[keep], ds.train.labels[keep])
     print(f"\n== loader alone: {n} training images, batch {args.batch_size}, crop (pad 4) + flip + normalise ==")
     print(f"{'where':<5} {'loader':<34} {'images/s':>10} {'ratio':>8}")
     for device in devices:

@@ -22,9 +22,7 @@ import argparse
 import contextlib
 import csv
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -35,11 +33,8 @@ import torch
 from cnnlab.config import TrainConfig
 from cnnlab.data import load_dataset
 from cnnlab.engine import fit
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-from seed_experiment import (QUICK, SEED, cudnn_benchmark, default_workers, exit_if_wrong,  # noqa: E402
-                             result_problems, run_reference)
+from common import (DEFAULT_CIFAR, QUICK, REPO, SEED, cudnn_benchmark, default_workers, describe_device,
+                    exit_if_wrong, parser, pick_device, result_problems, run_reference)
 
 PRESET = REPO / "configs" / "speedrun-cifar10.toml"
 TARGET_ACC, TARGET_SECONDS = 0.905, 2.0
@@ -72,23 +67,20 @@ def spread(values) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--data", default=str(REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"))
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--quick", action="store_true", help="CPU-sized: narrow speednet, 4,000 images, 2 seeds")
-    parser.add_argument("--seeds", type=int, help="timed seeds (default 5, 2 with --quick)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (compiled in the warm-up)")
-    parser.add_argument("--no-warmup", action="store_true", help="time the first run too")
-    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
-                        help="also time the typical ResNet-18 pipeline (default: on a GPU)")
-    parser.add_argument("--cache-dir", help="cnnlab's prepared-dataset cache (default: ~/.cache/cnnlab)")
-    parser.add_argument("--keep-runs", metavar="DIR", help="keep the run folders here (default: a temp folder)")
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--data", default=str(DEFAULT_CIFAR))
+    cli.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    cli.add_argument("--quick", action="store_true", help="CPU-sized: narrow speednet, 4,000 images, 2 seeds")
+    cli.add_argument("--seeds", type=int, help="timed seeds (default 5, 2 with --quick)")
+    cli.add_argument("--compile", action="store_true", help="torch.compile the model (compiled in the warm-up)")
+    cli.add_argument("--no-warmup", action="store_true", help="time the first run too")
+    cli.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
+                     help="also time the typical ResNet-18 pipeline (default: on a GPU)")
+    cli.add_argument("--cache-dir", help="cnnlab's prepared-dataset cache (default: ~/.cache/cnnlab)")
+    cli.add_argument("--keep-runs", metavar="DIR", help="keep the run folders here (default: a temp folder)")
+    args = cli.parse_args()
 
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = pick_device(args.device)
     config = TrainConfig.from_toml(PRESET)
     config = replace(config, data=args.data, cache_dir=args.cache_dir, device=device.type, compile=args.compile)
     if device.type == "cpu":
@@ -97,9 +89,7 @@ def main():
         config = replace(config, **QUICK_OVERRIDES)
     config.validate()
     seeds = args.seeds or (2 if args.quick else 5)
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
-    print(f"device: {name}; torch {torch.__version__}")
+    print(describe_device(device))
     print(f"preset: {PRESET.relative_to(REPO)}" + (f" with {QUICK_OVERRIDES}" if args.quick else "")
           + f"; precision {config.precision}, compile {config.compile}")
     load_dataset("cifar10", args.data, cache_dir=args.cache_dir)  # prepare the cache before any clock
@@ -138,7 +128,8 @@ def main():
         exp = QUICK if args.quick else SEED
         ds = load_dataset("cifar10", args.data, cache_dir=args.cache_dir)
         with cudnn_benchmark(True):
-            ref_wall, _, ref_acc, ref_losses = run_reference(exp, ds, device, default_workers(device), 0)
+            ref_wall, _, ref_acc, ref_losses = run_reference(exp, ds.train, ds.test, len(ds.classes), device,
+                                                             default_workers(device), 0)
         problems += result_problems("reference", ref_acc, ref_losses, exp.min_accuracy)
         ours_wall = statistics.fmean(s["fit_wall"] for s in results)
         print(f"reference: typical {exp.model} pipeline, {exp.epochs} epochs, {ref_wall:.1f} s, "

@@ -1,15 +1,17 @@
 """Training throughput and model FLOPs utilisation (MFU) of cnnlab's training step, eager against torch.compile.
 
-Each case trains on one synthetic batch already on the device (no data loading), with the engine's settings: bf16
-autocast and channels_last on a GPU, SGD with Nesterov momentum through cnnlab's optimizer, cross-entropy with
-label smoothing. After warm-up steps (which include compilation), N steps are timed between two
-torch.cuda.synchronize() calls.
+Each case times the engine's own minibatch step (`cnnlab.engine.step_function`: optimizer groups, autocast at
+cnnlab's default precision — bf16 on a GPU and on a CPU that computes bf16 natively —, channels_last, label
+smoothing, torch.compile for the compiled column), on one synthetic batch already on the device in the memory format
+the engine's loader would hand it (no data loading). After warm-up steps (which include compilation), N steps are
+timed between two synchronisations.
 
     MFU = images/s × 3 × forward MACs × 2 / peak bf16 FLOP/s
 
 3× forward for forward + backward (the backward pass costs two forwards); MACs are counted by
 cnnlab.models.count_macs (convolutions and matmuls). The peak comes from the table below, by GPU name; on the CPU
-MFU is n/a. The reference here is the eager model: the compiled column shows what torch.compile buys.
+MFU is n/a. The reference here is the eager model: the compiled column shows what torch.compile buys (the CPU's
+fast path against plain fp32 PyTorch is benchmarks/cpu.py).
 
     python benchmarks/throughput.py                         # on a GPU: batch 512, 50 timed steps
     python benchmarks/throughput.py --device cpu --quick    # CPU-sized: batch 16, 3 steps, eager only (< 1 min)
@@ -18,18 +20,17 @@ Target: ≥ 40 % MFU for ResNet-18 at 32×32 (compiled, bf16) on a GPU — print
 wrong result: a loss that is not finite, or that does not fall over the repeated steps on its one batch.
 """
 
-import argparse
-import math
-import sys
 import time
+from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from cnnlab import create_model
 from cnnlab.config import TrainConfig
+from cnnlab.engine import step_function
+from cnnlab.hardware import resolve_precision, set_deterministic
 from cnnlab.models import count_macs
-from cnnlab.optim import build_optimizer
+from common import describe_device, exit_if_wrong, input_format, loss_problem, parser, pick_device, sync
 
 # (model, image size, classes, options): CIFAR-10 at 32×32, Tiny ImageNet at 64×64 (cnnlab picks the CIFAR stem
 # and head for images ≤ 64 px).
@@ -64,98 +65,68 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> float | N
     return next((peak for key, peak in PEAK_BF16 if key in name), None)
 
 
-def time_steps(model, x, y, optimizer, autocast, warmup, steps):
-    """Seconds for `steps` training steps after `warmup` untimed ones; also the warm-up's seconds and every step's
-    loss (kept on the device until the clock stops, so reading them costs no synchronisation inside it)."""
+def time_steps(step, x, y, warmup, steps):
+    """Seconds for `steps` calls of `step(x, y)` after `warmup` untimed ones; also the warm-up's seconds and every
+    step's loss (kept on the device until the clock stops, so reading them costs no synchronisation inside it)."""
     losses = []
-
-    def step():
-        with autocast:
-            out = model(x)
-            loss = F.cross_entropy(out.float(), y, label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     start = time.perf_counter()
     for _ in range(warmup):
-        step()
-    sync()
+        losses.append(step(x, y))
+    sync(x.device)
     warm = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
-        step()
-    sync()
+        losses.append(step(x, y))
+    sync(x.device)
     return time.perf_counter() - start, warm, [float(v) for v in losses]
 
 
-def loss_problem(losses: list[float]) -> str | None:
-    """What is wrong with the losses of repeated steps on one batch, or None: they must be finite and fall."""
-    if not all(math.isfinite(v) for v in losses):
-        return f"a loss is not finite: {losses}"
-    if len(losses) > 1 and not losses[-1] < losses[0]:
-        return f"the loss did not fall over {len(losses)} steps on one batch: {losses[0]:.4f} → {losses[-1]:.4f}"
-    return None
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--quick", action="store_true", help="CPU-sized: batch 16, 1 warm-up and 3 timed steps")
-    parser.add_argument("--batch-size", type=int, help="default 512 (16 with --quick)")
-    parser.add_argument("--steps", type=int, help="timed steps (default 50, 3 with --quick)")
-    parser.add_argument("--warmup", type=int, help="untimed steps first, compilation included (default 10, 1 quick)")
-    parser.add_argument("--precision", choices=("bf16", "fp32"),
-                        help="default: bf16 on a GPU, fp32 on the CPU (bf16 is emulated slowly on most CPUs)")
-    parser.add_argument("--compile-cpu", action="store_true", help="also time torch.compile on the CPU (slow)")
-    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
-    parser.add_argument("--peak-tflops", type=float, help="peak FLOP/s of this device in TFLOP/s (overrides the table)")
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    cli.add_argument("--quick", action="store_true", help="CPU-sized: batch 16, 1 warm-up and 3 timed steps")
+    cli.add_argument("--batch-size", type=int, help="default 512 (16 with --quick)")
+    cli.add_argument("--steps", type=int, help="timed steps (default 50, 3 with --quick)")
+    cli.add_argument("--warmup", type=int, help="untimed steps first, compilation included (default 10, 1 quick)")
+    cli.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                     help="the engine's --precision (default auto: bf16 where the GPU or CPU computes it natively)")
+    cli.add_argument("--compile-cpu", action="store_true", help="also time torch.compile on the CPU (slow)")
+    cli.add_argument("--peak-tflops", type=float, help="peak FLOP/s of this device in TFLOP/s (overrides the table)")
+    args = cli.parse_args()
 
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = pick_device(args.device)
     cuda = device.type == "cuda"
     batch = args.batch_size or (16 if args.quick else 512)
     steps = args.steps or (3 if args.quick else 50)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 10)
-    precision = args.precision or ("bf16" if cuda else "fp32")
     modes = ["eager"] + (["compiled"] if cuda or args.compile_cpu else [])
     peak = peak_flops(device, args.peak_tflops)
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; {precision}; batch {batch}; {warmup} warm-up + {steps} "
-          f"timed steps; peak {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (MFU n/a)'}")
+    # lr 0.01, not 0.1: the speed is the same, and at 0.1 a fresh ResNet-18 on one batch of 16 diverges within four
+    # steps, so the loss could not tell a step that trains from one that does not.
+    config = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                         label_smoothing=0.1, precision=args.precision)
+    set_deterministic(config.deterministic)  # as fit does: cuDNN autotunes its kernels for the fixed shapes
+    precision = resolve_precision(config.precision, device)
+    print(f"{describe_device(device)}; precision {precision.name} ({precision.reason}); batch {batch}; {warmup} "
+          f"warm-up + {steps} timed steps; peak {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (MFU n/a)'}")
     if not cuda and not args.compile_cpu:
         print("compiled: skipped on the CPU (pass --compile-cpu)")
     print(f"{'model':<9} {'size':>4} {'GMACs':>6} {'mode':<9} {'img/s':>9} {'TFLOP/s':>8} {'MFU':>6} "
           f"{'warm-up s':>9} {'vs eager':>8}")
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
-    # lr 0.01, not 0.1: the speed is the same, and at 0.1 a fresh ResNet-18 on one batch of 16 diverges within four
-    # steps, so the loss could not tell a step that trains from one that does not.
-    config = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     problems = []
     for model_name, size, classes, options in CASES:
         with torch.device("meta"):
             macs = count_macs(create_model(model_name, classes, image_size=size, **options), (3, size, size))
         torch.manual_seed(0)
-        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+        x = torch.randn(batch, 3, size, size, device=device)
         y = torch.randint(0, classes, (batch,), device=device)
         eager_ips = None
         for mode in modes:
-            model = create_model(model_name, classes, image_size=size, **options)
-            model = model.to(device, memory_format=memory_format).train()
-            optimizer = build_optimizer(model, config)
-            run = torch.compile(model, mode=args.compile_mode) if mode == "compiled" else model
-            seconds, warm, losses = time_steps(run, x, y, optimizer, autocast, warmup, steps)
+            model = create_model(model_name, classes, image_size=size, **options).train()
+            step = step_function(replace(config, model=model_name, compile=mode == "compiled"), model, device)
+            seconds, warm, losses = time_steps(step, x.contiguous(memory_format=input_format(model)), y, warmup,
+                                               steps)
             ips = steps * batch / seconds
             eager_ips = eager_ips or ips
             flops = ips * 3 * macs * 2
@@ -166,13 +137,11 @@ def main():
             problem = loss_problem(losses)
             if problem:
                 problems.append(f"{model_name} {size}px {mode}: {problem}")
-            del run, model, optimizer
+            del step, model
             if cuda:
                 torch.cuda.empty_cache()
     # The MFU target is a timing: printed, never failing. A step that does not train is a wrong result.
-    if problems:
-        print("WRONG RESULT:\n  " + "\n  ".join(problems), file=sys.stderr)
-        sys.exit(1)
+    exit_if_wrong(problems)
     print("results: every case trained (finite losses, falling on its batch); timings are reported, not enforced")
 
 

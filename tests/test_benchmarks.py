@@ -1,0 +1,74 @@
+"""The helpers the benchmark scripts share (benchmarks/common.py): what counts as a wrong result, the subset draw
+the reference pipeline trains on, and the alternating timer."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnlab.build import _subset
+
+COMMON = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
+
+
+@pytest.fixture(scope="module")
+def common():
+    # The scripts import it as a top-level module from their own folder; tests load it by path instead of
+    # putting benchmarks/ on sys.path for the whole session.
+    spec = importlib.util.spec_from_file_location("benchmarks_common", COMMON)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("n, k", [(50_000, 8000), (10_000, 2000), (100, None), (100, 100), (100, 500)])
+def test_subset_is_the_one_cnnlab_trains_on(common, n, k):
+    np.testing.assert_array_equal(common.subset_indices(n, k), _subset(n, k))
+
+
+def test_loss_problem_accepts_a_falling_loss_and_names_the_rest(common):
+    assert common.loss_problem([2.3, 2.1, 1.9]) is None
+    assert common.loss_problem([2.3]) is None
+    assert "did not fall" in common.loss_problem([2.3, 2.4])
+    assert "not finite" in common.loss_problem([2.3, float("nan"), 1.0])
+    assert "missing" in common.loss_problem([])
+    # Dropout makes single steps jump: with a window the means decide, not the two ends.
+    jumpy = [2.0, 2.3, 2.2, 1.9, 1.8, 2.05]
+    assert common.loss_problem(jumpy) is not None
+    assert common.loss_problem(jumpy, window=3) is None
+
+
+def test_result_problems(common):
+    assert common.result_problems("x", 0.5, [2.0, 1.5], 0.2) == []
+    low, flat = common.result_problems("x", 0.1, [2.0, 2.0], 0.2)
+    assert "below 20%" in low and "did not fall" in flat
+    assert "not finite" in common.result_problems("x", 0.5, [2.0, float("inf")], 0.2)[0]
+    assert "below" in common.result_problems("x", None, [2.0, 1.0], 0.2)[0]
+
+
+def test_exit_if_wrong(common, capsys):
+    common.exit_if_wrong([])
+    with pytest.raises(SystemExit) as e:
+        common.exit_if_wrong(["a loss is not finite"])
+    assert e.value.code == 1
+    assert "WRONG RESULT" in capsys.readouterr().err
+
+
+def test_alternate_takes_turns_and_keeps_every_loss(common):
+    import torch
+
+    calls = []
+
+    def side(name):
+        def step():
+            calls.append(name)
+            return torch.tensor(float(len(calls)))
+        return step
+
+    median, best, losses = common.alternate({"a": side("a"), "b": side("b")}, batch=8, rounds=4, steps_per_round=2,
+                                            device=torch.device("cpu"))
+    # Each round one side goes first, the next round the other: a burst of load cannot favour one side.
+    assert calls == ["a", "a", "b", "b", "b", "b", "a", "a"] * 2
+    assert losses["a"] == [1, 2, 7, 8, 9, 10, 15, 16] and len(losses["b"]) == 8
+    assert set(median) == set(best) == {"a", "b"} and all(best[k] >= median[k] > 0 for k in "ab")
