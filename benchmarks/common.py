@@ -120,10 +120,11 @@ QUICK = Experiment("mlp", {}, epochs=2, ref_batch=128, ref_lr=0.05, batch=512, l
                                "same data (50,000 train / 10,000 test), same pipelines")
 # The seed's model on the CPU, sized to ~6 minutes on 2 cores: both pipelines train the same 8,000 images for 2
 # epochs with the reference's recipe, so the ratio is what cnnlab's defaults (bf16 where the CPU computes it
-# natively, channels_last, the resident loader) buy over the typical fp32 DataLoader pipeline. 2 epochs of 8,000
-# images reach ~35-45 % test top-1; below 20 % something is wrong.
+# natively, channels_last, the resident loader) buy over the typical fp32 DataLoader pipeline. So short a run
+# depends on the seed: cnnlab reached 24.8 %, 38.3 % and 38.9 % test top-1 with seeds 0, 1, 2, the reference 37.1 %
+# with seed 0; below 15 % (chance is 10 %) it does not train.
 CPU_SEED = Experiment("resnet18", {"stem": "cifar"}, epochs=2, ref_batch=128, ref_lr=0.1, batch=128, lr=0.1,
-                      min_accuracy=0.20, target_speedup=3.0, same_recipe=True, subset=8000, test_subset=2000,
+                      min_accuracy=0.15, target_speedup=3.0, same_recipe=True, subset=8000, test_subset=2000,
                       scaled_down="8,000 training images and 2,000 test images (fixed draws), 2 epochs instead of "
                                   "4; cnnlab with the reference's batch 128, lr 0.1, momentum 0.9, weight decay 5e-4")
 

@@ -15,7 +15,7 @@ ratio, the least disturbed measurement on a shared machine (load only ever adds 
     python benchmarks/cpu.py            # batch 128, 2 warm-up steps, 9 rounds of 1 step (~2 min on 2 idle cores)
     python benchmarks/cpu.py --quick    # batch 32, 1 warm-up step, 5 rounds of 1 step (~30 s on 2 idle cores)
 
-Target: resnet18 ≥ 2.5× on a CPU with native bf16 — printed, never enforced. The script exits 1 on a wrong result,
+Target: resnet18 ≥ 2.5× on a CPU with native bf16, full form — printed, never enforced. The script exits 1 on a wrong result,
 on either side: a loss that is not finite or does not fall over the repeated steps on the one batch, or first losses
 of the two sides that disagree beyond bf16 rounding (same weights, same batch: they compute the same function).
 """
@@ -124,8 +124,9 @@ def main():
         median, best, losses, layout, wrong = compare(name, options, batch, warmup, rounds, steps, device)
         problems += wrong
         speedup = median["cnnlab"] / median["reference"]
-        target = f"  (target ≥ {TARGET[name]:g}: {'met' if speedup >= TARGET[name] else 'MISSED'})" \
-            if name in TARGET else ""
+        target = "" if name not in TARGET else \
+            f"  (the ≥ {TARGET[name]:g} target is for the full form)" if args.quick else \
+            f"  (target ≥ {TARGET[name]:g}: {'met' if speedup >= TARGET[name] else 'MISSED'})"
         print(f"{name:<9} {layout:<6} {median['reference']:>15.1f} {median['cnnlab']:>13.1f}  speedup {speedup:<4.2f} "
               f"{best['reference']:>7.1f} {best['cnnlab']:>6.1f} {best['cnnlab'] / best['reference']:>5.2f}×  "
               f"{losses['cnnlab'][0]:.3f} → {losses['cnnlab'][-1]:.3f} | "
