@@ -1,9 +1,9 @@
 """cnnlab's default training step on the CPU against plain fp32 PyTorch, model by model, in the same run.
 
 cnnlab: `cnnlab.engine.step_function(TrainConfig(model=name, lr=LR), ...)` — the engine's own minibatch step with
-its defaults: precision auto (bf16 autocast on a CPU that computes bf16 natively, AVX512-BF16 or AMX; fp32 on one
-that does not), channels_last memory for convolutional models (the batch too, as the engine's loader hands it),
-SGD with momentum 0.9 through cnnlab's optimizer, cross-entropy. Reference: the same architecture with the same
+its defaults: precision auto (for convolutional models bf16 autocast on a CPU that computes bf16 natively,
+AVX512-BF16 or AMX; fp32 on one that does not, and for the MLP), channels_last memory for convolutional models
+(the batch too, as the engine's loader hands it), SGD with momentum 0.9 through cnnlab's optimizer, cross-entropy. Reference: the same architecture with the same
 initial weights (built by `create_model`, so only the step differs) in PyTorch's default memory format,
 torch.optim.SGD with the same lr and momentum, F.cross_entropy, no autocast — the plain fp32 loop.
 
@@ -30,6 +30,7 @@ from cnnlab import create_model
 from cnnlab.config import TrainConfig
 from cnnlab.engine import step_function
 from cnnlab.hardware import resolve_precision, set_threads
+from cnnlab.models import model_info
 from common import alternate, describe_device, exit_if_wrong, input_format, loss_problem, parser
 
 # (model, options): the CIFAR-10 forms, as cnnlab builds them for 32×32 images.
@@ -63,8 +64,8 @@ def plain_step(model, x, y, lr, momentum):
 
 
 def compare(name, options, batch, warmup, rounds, steps, device):
-    """({side: median images/s}, {side: best round's images/s}, {side: losses}, cnnlab's layout, problems) for one
-    model, the sides being "cnnlab" and "reference"."""
+    """({side: median images/s}, {side: best round's images/s}, {side: losses}, cnnlab's precision and layout,
+    problems) for one model, the sides being "cnnlab" and "reference"."""
     torch.manual_seed(0)
     model = create_model(name, 10, image_size=32, **options).train()
     reference = copy.deepcopy(model)  # before the engine moves the original to channels_last
@@ -86,8 +87,10 @@ def compare(name, options, batch, warmup, rounds, steps, device):
     if not abs(first[0] - first[1]) <= FIRST_LOSS_TOLERANCE * abs(first[1]):
         problems.append(f"{name}: the first losses differ beyond bf16 rounding ({first[0]:.4f} vs {first[1]:.4f}) "
                         "though both sides start from the same weights on the same batch")
+    # The engine's rule, as build.bare_setup applies it: `auto` gives convolutional models bf16 where it is native.
+    precision = resolve_precision(config.precision, device, model_info(name).channels_last)
     layout = "NHWC" if input_format(model) == torch.channels_last else "NCHW"
-    return median, best, losses, layout, problems
+    return median, best, losses, f"{precision.name} {layout}", problems
 
 
 def main():
@@ -108,26 +111,27 @@ def main():
     steps = args.steps or 1
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     threads = set_threads(args.threads)  # what fit does before training
-    precision = resolve_precision(TrainConfig().precision, device)
+    conv = resolve_precision(TrainConfig().precision, device)
     print(describe_device(device))
-    print(f"cnnlab: precision {precision.name} ({precision.reason}), the memory format the engine picks (NHWC: "
-          f"channels_last), {threads} threads; reference: fp32, PyTorch's default memory format, {threads} threads")
+    print(f"cnnlab: precision auto (convolutional models: {conv.name}, {conv.reason}), the memory format the engine "
+          f"picks (NHWC: channels_last), {threads} threads; reference: fp32, PyTorch's default memory format, "
+          f"{threads} threads")
     print(f"batch {batch} × 3×32²; {warmup} warm-up step(s) per side, then {rounds} alternating rounds of {steps} "
           "step(s); images/s and speedup: each side's median round; best rounds: each side's fastest (reference, "
           "cnnlab, ratio)")
-    print(f"{'model':<9} {'cnnlab':<6} {'reference img/s':>15} {'cnnlab img/s':>13}  {'speedup':<12} "
+    print(f"{'model':<9} {'cnnlab':<9} {'reference img/s':>15} {'cnnlab img/s':>13}  {'speedup':<12} "
           f"{'best rounds':>20}  loss cnnlab | reference")
     problems = []
     for name, options in MODELS:
         if name not in args.models:
             continue
-        median, best, losses, layout, wrong = compare(name, options, batch, warmup, rounds, steps, device)
+        median, best, losses, how, wrong = compare(name, options, batch, warmup, rounds, steps, device)
         problems += wrong
         speedup = median["cnnlab"] / median["reference"]
         target = "" if name not in TARGET else \
             f"  (the ≥ {TARGET[name]:g} target is for the full form)" if args.quick else \
             f"  (target ≥ {TARGET[name]:g}: {'met' if speedup >= TARGET[name] else 'MISSED'})"
-        print(f"{name:<9} {layout:<6} {median['reference']:>15.1f} {median['cnnlab']:>13.1f}  speedup {speedup:<4.2f} "
+        print(f"{name:<9} {how:<9} {median['reference']:>15.1f} {median['cnnlab']:>13.1f}  speedup {speedup:<4.2f} "
               f"{best['reference']:>7.1f} {best['cnnlab']:>6.1f} {best['cnnlab'] / best['reference']:>5.2f}×  "
               f"{losses['cnnlab'][0]:.3f} → {losses['cnnlab'][-1]:.3f} | "
               f"{losses['reference'][0]:.3f} → {losses['reference'][-1]:.3f}{target}", flush=True)
