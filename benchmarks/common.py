@@ -12,7 +12,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +105,6 @@ class Experiment:
     same_recipe: bool = False
     subset: int | None = None  # training images, drawn as cnnlab's --subset draws them
     test_subset: int | None = None
-    cnnlab_options: dict = field(default_factory=dict)
 
 
 # min_accuracy: ResNet-18 reaches ~88-91 % in these 4 epochs; the MLP ~45 % in 2 (chance is 10 %).
