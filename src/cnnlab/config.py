@@ -170,20 +170,22 @@ class TrainConfig:
         return "\n".join(lines + [END_OF_CONFIG]) + "\n"
 
 
-def read_toml(path) -> dict:
-    """A config file's settings as TOML gives them (the provenance table dropped); an unreadable file is one
-    CnnlabError line. Checking them is the caller's business: TrainConfig is strict, a report compares."""
+def read_toml(path, kind: str = "config file") -> dict:
+    """A TOML file's tables as TOML gives them; an unreadable file is one CnnlabError line naming `kind`.
+    Checking them is the caller's business: TrainConfig is strict, a report compares, a sweep plans."""
     path = Path(path)
     try:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CnnlabError(f"config file {path} does not exist") from None
+        raise CnnlabError(f"{kind} {path} does not exist") from None
     except IsADirectoryError:
-        raise CnnlabError(f"config file {path} is a folder; pass a .toml file") from None
+        raise CnnlabError(f"{kind} {path} is a folder; pass a .toml file") from None
     except OSError as e:
-        raise CnnlabError(f"cannot read config file {path} ({e.strerror or e})") from None
+        raise CnnlabError(f"cannot read {kind} {path} ({e.strerror or e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise CnnlabError(f"{path} is not valid TOML ({e})") from None
+    if kind != "config file":
+        return values
     values.pop("cnnlab", None)  # provenance table written by to_toml
     return values
 

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from cnnlab.config import TrainConfig
+from cnnlab.config import TrainConfig, read_toml
 from cnnlab.errors import CnnlabError
 
 SWEEP_KEYS = ("out", "seeds", "data_root")
@@ -74,14 +74,7 @@ def parse_settings(items) -> dict:
 
 
 def _read(path: Path) -> dict:
-    try:
-        spec = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CnnlabError(f"sweep file {path} does not exist") from None
-    except IsADirectoryError:
-        raise CnnlabError(f"sweep file {path} is a folder; pass a .toml file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise CnnlabError(f"{path} is not valid TOML ({e})") from None
+    spec = read_toml(path, "sweep file")
     unknown = sorted(set(spec) - {"sweep", "base", "variant", "grid", "report"})
     if unknown:
         raise CnnlabError(f"{path}: unknown table [{unknown[0]}]; a sweep has [sweep], [base], [[variant]], [grid]")
