@@ -146,6 +146,8 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) ->
     """
     config, data, d = setup.config, setup.data, setup.d
     epoch_start, lr = time.perf_counter(), state.optimizer.param_groups[0]["lr"]
+    if state.position is not None:  # resumed inside the epoch: its row reports the lr it started with
+        lr = state.position.get("lr", lr)
     sums, done = train_one_epoch(setup, state, stop, epoch)
     if any_true(int(setup.nonfinite_step) >= 0 or not math.isfinite(float(sums.loss)), d, setup.device):
         reason = (f"loss became NaN or infinite in epoch {epoch} (step {int(setup.nonfinite_step) + 1}); "
@@ -153,7 +155,8 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) ->
         setup.say(reason, err=True)
         return reason
     if done < len(state.loader):  # interrupted inside the epoch: save the position and leave
-        state.position = {"epoch": epoch, "batch": done, "order": state.loader.order.cpu(), "sums": sums.state()}
+        state.position = {"epoch": epoch, "batch": done, "order": state.loader.order.cpu(), "sums": sums.state(),
+                          "lr": lr}
         setup.save(state, "last.pt")
         _leave(setup, stop, f"in epoch {epoch} after step {done}")
     if state.lookahead is not None:

@@ -20,7 +20,7 @@ RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "position")
 class TrainState:
     """Model, optimizer, schedule, early stopping, Lookahead, the random streams (torch, CUDA, the training
     loader's), the completed epochs, the best epoch so far, and — when a run stopped inside an epoch — its
-    position there (`{"epoch", "batch", "order", "sums"}`)."""
+    position there (`{"epoch", "batch", "order", "sums", "lr"}`: lr is the one the epoch started with)."""
 
     def __init__(self, model, optimizer, scheduler, loader, monitor: Monitor,
                  early: EarlyStopping | None = None, lookahead: Lookahead | None = None,
