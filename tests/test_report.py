@@ -175,6 +175,19 @@ def test_cli_command_expands_a_sweep_folder_and_skips_unfinished_runs(sweep, tmp
     assert report_main([runs / "a-s0"], tmp_path / "one") == tmp_path / "one"
 
 
+def test_curves_only_writes_one_small_png_per_run_and_nothing_else(sweep, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="cnnlab")
+    add_report_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", str(sweep), "-o", str(tmp_path / "docs"), "--curves-only"])
+    args.run(args)
+    names = sorted(p.name for p in sweep.iterdir())
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == [f"{n}.png" for n in names]
+    assert capsys.readouterr().out.count("curves: ") == len(names) == 4
+    for name in names:
+        with Image.open(tmp_path / "docs" / f"{name}.png") as image:
+            assert image.format == "PNG" and image.width <= 640 and image.height <= 256
+
+
 def test_a_folder_that_is_not_a_run_is_one_clear_error(sweep, tmp_path):
     with pytest.raises(CnnlabError, match="neither a cnnlab run folder"):
         report_main([tmp_path], tmp_path / "out")

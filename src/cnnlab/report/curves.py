@@ -10,10 +10,11 @@ def _series(rows, key):
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def save_curves(rows: list[dict], path: Path, title: str = "") -> Path:
-    """Two panels — loss, and accuracy when there is one — train dashed, validation solid."""
+def save_curves(rows: list[dict], path: Path, title: str = "", small: bool = False) -> Path:
+    """Two panels — loss, and accuracy when there is one — train dashed, validation solid. `small`: a figure
+    light enough to commit (docs/)."""
     has_acc = any(r.get("train_acc") not in (None, "") for r in rows)
-    fig = Figure(figsize=(10 if has_acc else 5.5, 4))
+    fig = Figure(figsize=(8 if has_acc else 4.5, 3.2) if small else (10 if has_acc else 5.5, 4))
     axes = fig.subplots(1, 2 if has_acc else 1, squeeze=False)
     panels = [("loss", axes[0][0])] + ([("acc", axes[0][1])] if has_acc else [])
     for metric, ax in panels:
@@ -28,7 +29,7 @@ def save_curves(rows: list[dict], path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80 if small else 110)
     return Path(path)
 
 
