@@ -26,6 +26,7 @@ from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import build_parser, main
 from cnnlab.config import TrainConfig, config_from_args
 from cnnlab.errors import CnnlabError
+from cnnlab.recipes import apply_recipe
 from data_fixtures import png_bytes, rng_images, write_image_folder
 
 BASE = {"model": '"linreg"', "dataset": '"synthetic-linear"', "epochs": "1", "batch_size": "100", "lr": "0.1",
@@ -749,6 +750,7 @@ def test_any_numeric_flag_is_a_valid_setting_or_one_cnnlab_error(flags):
     except CnnlabError as e:
         assert "\n" not in str(e).strip()
         return
+    apply_recipe(config)  # as start() does: the flags left open come from the model's recipe
     # what passes validation is in the documented ranges
     assert isinstance(config.epochs, int) and config.epochs >= 1
     assert config.batch_size == "all" or (isinstance(config.batch_size, int) and config.batch_size >= 1)

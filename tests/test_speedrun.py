@@ -108,7 +108,7 @@ def test_norm_lr_scale_gives_batch_norm_parameters_a_faster_group_with_the_same_
     assert len(norm) == 1 and norm[0]["lr"] == 32.0 and norm[0]["weight_decay"] == pytest.approx(0.01 / 64)
     shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert {id(p) for p in norm[0]["params"]} == shifts
-    plain = build_optimizer(model, TrainConfig(model="speednet", weight_decay=0.01)).param_groups
+    plain = build_optimizer(model, TrainConfig(model="speednet", lr=0.1, weight_decay=0.01)).param_groups
     assert [g["lr"] for g in plain] == [0.1, 0.1]  # scale 1: the usual decay / no-decay pair
 
 

@@ -238,7 +238,9 @@ def test_seed_report_runs_train100_on_the_shared_data(monkeypatch, capsys):
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared datasets at ../shared/datasets")
-@pytest.mark.parametrize("name,count", [("ablation-regularization.toml", 30), ("optimizers.toml", 8)])
+@pytest.mark.parametrize("name,count", [("ablation-regularization.toml", 30), ("optimizers.toml", 8),
+                                        ("lr-grid.toml", 42), ("defaults-cifar10.toml", 4),
+                                        ("precision-cpu.toml", 6)])
 def test_the_other_presets_plan_and_validate(name, count, monkeypatch):
     monkeypatch.chdir(REPO)  # their data paths are relative to the repository root
     sweep = plan(REPO / "configs" / name)

@@ -25,7 +25,7 @@ def test_momentum_step_matches_the_formula():
     # v_t = β v_{t−1} + g, W = W − α v_t
     model = torch.nn.Linear(1, 1, bias=False)
     model.weight.data.fill_(1.0)
-    opt = build_optimizer(model, TrainConfig(lr=0.1, momentum=0.9))
+    opt = build_optimizer(model, TrainConfig(lr=0.1, momentum=0.9, weight_decay=0.0))
     w, v = 1.0, 0.0
     for x in (2.0, -1.0, 3.0):
         opt.zero_grad()

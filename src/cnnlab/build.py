@@ -27,6 +27,7 @@ from cnnlab.metrics import loss_fn
 from cnnlab.models import count_params, create_model, model_info
 from cnnlab.monitor import Monitor, default_monitor
 from cnnlab.optim import build_optimizer, build_scheduler
+from cnnlab.recipes import apply_recipe, describe as describe_recipe
 from cnnlab.runs import RunFolder, default_run_path
 from cnnlab.state import RESUME_KEYS, TrainState
 
@@ -247,6 +248,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
     run, checkpoint, rewrite_config = None, None, False
     if resume:
         run, checkpoint, config, rewrite_config = _reopen(resume, config, d, stack)
+    recipe = apply_recipe(config)  # a resumed run's config.toml is complete: nothing to fill
     resolve_data(config.validate())
     device = _device(config, d)
     precision = resolve_precision(config.precision, device, model_info(config.model).channels_last)
@@ -275,6 +277,8 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
         setup.say(f"training {options['name']} ({count_params(model):,} parameters) on {config.dataset}: "
                   f"{data.n_train} train / {data.val.num_examples if data.val else 0} val / "
                   f"{data.test.num_examples} test, {device} → {run.path}")
+        if recipe:
+            setup.say(describe_recipe(config.model, recipe))
         setup.say(describe_method(config, data))
         setup.say(describe_machine(setup))
         return setup, state
@@ -291,6 +295,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
 def bare_setup(config: TrainConfig, model, device: torch.device, steps_per_epoch: int = 1,
                task: str = "classification") -> tuple[Setup, TrainState]:
     """Setup and TrainState for stepping `model` as `start` would, without data or a run folder (benchmarks)."""
+    apply_recipe(config)
     model = _memory_format(model.to(device), config.model, device)
     precision = resolve_precision(config.precision, device, model_info(config.model).channels_last)
     setup = Setup(config=config, data=None, device=device, run=None, options={},

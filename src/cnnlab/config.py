@@ -54,20 +54,22 @@ class TrainConfig:
                                     "mean gradient, accumulated over chunks of 1024; batch norm then normalises "
                                     "each chunk with its own statistics). Momentum applies unless --momentum 0")
     optimizer: str = _f("sgd", "sgd (momentum v = βv + g, W -= αv) or adamw", ("sgd", "adamw"))
-    lr: float = _f(0.1, "learning rate α")
+    lr: float | None = _f(None, "learning rate α (default: the model family's recipe, scaled to the batch size)")
     momentum: float = _f(0.9, "momentum β (sgd); 0 for plain SGD")
     nesterov: bool = _f(False, "Nesterov momentum (sgd)")
-    weight_decay: float = _f(0.0, "λ of the L2 penalty λ/2‖w‖² (sgd) or decoupled decay (adamw)")
+    weight_decay: float | None = _f(None, "λ of the L2 penalty λ/2‖w‖² (sgd) or decoupled decay (adamw); "
+                                          "default: the recipe's, 0 for linear models")
     decay_all: bool = _f(False, "also decay biases and batch-norm parameters")
     norm_lr_scale: float = _f(1.0, "lr multiplier for batch-norm parameters; their decay is divided by it, so the "
                                    "decay per step stays (speedrun: 64)")
-    schedule: str = _f("constant", "learning-rate schedule; triangular rises linearly during the warm-up, then "
-                                   "falls linearly to 0 (not PyTorch's cosine OneCycleLR; `onecycle` is read as "
-                                   "triangular)", ("constant", "step", "cosine", "triangular"))
+    schedule: str | None = _f(None, "learning-rate schedule (default: the recipe's); triangular rises linearly "
+                                    "during the warm-up, then falls linearly to 0 (not PyTorch's cosine OneCycleLR; "
+                                    "`onecycle` is read as triangular)", (None, "constant", "step", "cosine",
+                                                                         "triangular"))
     milestones: list[int] = _f([], "step schedule: epochs at which lr is multiplied by gamma")
     gamma: float = _f(0.1, "step schedule factor")
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (triangular: the rising part; default 30 %)")
-    label_smoothing: float = _f(0.0, "label smoothing ε for the cross-entropy")
+    label_smoothing: float | None = _f(None, "label smoothing ε for the cross-entropy (default: the recipe's)")
     lookahead_epoch: int = _f(0, "from this epoch on, every 5 steps pull the weights to their moving average "
                                  "(Lookahead; the average's decay rises to 0.95⁵ by the end); 0 = off")
     tta: str = _f("none", "test-time augmentation for val/test: average logits over flips (and 1-pixel shifts)",
@@ -122,13 +124,14 @@ class TrainConfig:
              "use a positive integer or `all`")
         for name in ("lr", "weight_decay", "early_stop_delta", "warmup_epochs", "cutout", "lookahead_epoch"):
             value = getattr(self, name)
-            need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,
+            need(value is None or isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,
                  "use a finite number ≥ 0")
-        need(0 < self.lr <= 1e6, "lr", "use a number in (0, 1e6]")
+        need(self.lr is None or 0 < self.lr <= 1e6, "lr", "use a number in (0, 1e6]")
         need(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "use an integer in [0, 2**63)")
         need(self.warmup_epochs <= self.epochs, "warmup_epochs", "use at most --epochs")
         need(0 <= self.momentum < 1, "momentum", "use a number in [0, 1)")
-        need(0 <= self.label_smoothing < 1, "label_smoothing", "use a number in [0, 1)")
+        need(self.label_smoothing is None or 0 <= self.label_smoothing < 1, "label_smoothing",
+             "use a number in [0, 1)")
         need(0 <= self.val_split < 1, "val_split", "use a fraction in [0, 1)")
         need(0 < self.gamma <= 1, "gamma", "use a number in (0, 1]")
         need(isinstance(self.norm_lr_scale, (int, float)) and 0 < self.norm_lr_scale <= 1e6, "norm_lr_scale",
