@@ -36,7 +36,14 @@ def test_the_family_decides_and_batch_norm_counts_for_vgg():
 def test_sgd_lr_scales_linearly_with_the_batch_up_to_1024(batch, factor):
     config = TrainConfig(model="resnet18", batch_size=batch)
     apply_recipe(config)
-    assert config.lr == pytest.approx(RECIPES["resnet"].lr * factor, rel=1e-5)
+    assert config.lr == pytest.approx(RECIPES["resnet"].lr * factor, rel=2e-3)  # 3 significant digits
+
+
+@pytest.mark.parametrize("features, lr", [(3072, 0.02), (784, 0.0784), (12288, 0.005), (None, 0.02)])
+def test_softmax_lr_falls_with_the_input_size(features, lr):
+    config = TrainConfig(model="softmax", lr=None)
+    apply_recipe(config, input_features=features)
+    assert config.lr == pytest.approx(lr * RECIPES["linear"].lr / 0.02, rel=2e-3)
 
 
 def test_adamw_gets_its_own_lr_at_any_batch():

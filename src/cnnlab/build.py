@@ -5,6 +5,7 @@ restores). `start` does it in that order, so bad input fails before anything is 
 (Not to be confused with `cnnlab data prepare`, which only fills the dataset cache.)
 """
 
+import math
 import os
 import sys
 import time
@@ -248,7 +249,6 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
     run, checkpoint, rewrite_config = None, None, False
     if resume:
         run, checkpoint, config, rewrite_config = _reopen(resume, config, d, stack)
-    recipe = apply_recipe(config)  # a resumed run's config.toml is complete: nothing to fill
     resolve_data(config.validate())
     device = _device(config, d)
     precision = resolve_precision(config.precision, device, model_info(config.model).channels_last)
@@ -256,6 +256,8 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
     torch.manual_seed(config.seed)
     wall_start = time.perf_counter()
     data = build_data(config, device, d=d)
+    # What the user left open, from the model's recipe (a resumed run's config.toml is complete: nothing to fill).
+    recipe = apply_recipe(config, input_features=math.prod(data.image_shape))
     options = model_options(config, data.image_shape, len(data.classes) or 1, data.task)
     model = _model(options, device)
     if has_batch_norm(model):
