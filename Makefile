@@ -32,7 +32,7 @@ DATA   ?= ../shared/datasets
 RUN    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 demo: setup
-	$(VENV)/bin/cnnlab train --config configs/demo-mnist-mlp.toml --data $(DATA)/mnist-png.tar.gz --out $(RUN)
+	$(VENV)/bin/cnnlab train --config demo-mnist-mlp --data $(DATA)/mnist-png.tar.gz --out $(RUN)
 	$(VENV)/bin/cnnlab eval $(RUN)
 	@echo "curves: $(RUN)/curves.png   confusion matrix: $(RUN)/confusion_test.png"
 

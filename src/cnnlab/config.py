@@ -1,7 +1,7 @@
 """Every training setting in one typed dataclass: TOML in, TOML out, CLI flags generated from the fields.
 
-Precedence: dataclass defaults < `--config FILE` < explicit command-line flags. Validation happens once, in
-`validate()`, and names the field and what it allows.
+Precedence: dataclass defaults < `--config FILE` (or a preset's name, see cnnlab.presets) < explicit command-line
+flags. Validation happens once, in `validate()`, and names the field and what it allows.
 """
 
 import json
@@ -259,7 +259,10 @@ def add_arguments(parser) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    config = TrainConfig.from_toml(args.config) if getattr(args, "config", None) else TrainConfig()
+    """The settings of `cnnlab train`: --config (a TOML file or a preset's name), then the flags given."""
+    from cnnlab.presets import find  # here, not above: cnnlab.presets imports this module
+
+    config = TrainConfig.from_toml(find(args.config, "train")) if getattr(args, "config", None) else TrainConfig()
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     for name, value in given.items():
         setattr(config, name, _coerce(next(f for f in fields(TrainConfig) if f.name == name), value,

@@ -1,6 +1,6 @@
 """Default training recipes, one per model family: what a setting the user left open becomes.
 
-Each learning rate was measured (configs/lr-grid.toml; RESULTS.md, "Default recipes"), not taken from folklore. A
+Each learning rate was measured (the lr-grid preset, `cnnlab sweep lr-grid`; RESULTS.md, "Default recipes"), not taken from folklore. A
 recipe fills only what neither a config file nor a flag set, so the seed's plain methods stay one flag away:
 `--schedule constant --weight-decay 0 --label-smoothing 0` trains with a constant lr and no penalty.
 
