@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	touch $@
 
-# The real data sets live beside the checkout (see ../shared/datasets/README.md); never copied into the repo.
+# The real data sets live beside the checkout (see ../shared/datasets/README.md); never copied into the repo. Without
+# them the demo's preset (download = true) trains on the official MNIST, fetched once into the cache.
 DATA   ?= ../shared/datasets
 
 RUN    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)

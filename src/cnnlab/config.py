@@ -36,6 +36,9 @@ class TrainConfig:
     dataset: str | None = _f(None, "cifar10, cifar100, tinyimagenet, imagenet, mnist or synthetic-linear "
                                    "(default: detected from --data)")
     data: str | None = _f(None, "the dataset's folder or archive")
+    download: bool = _f(False, "where --data does not exist (or is not given), train on the dataset's official "
+                               "files instead, downloaded once into the cache's downloads/ folder and MD5-checked "
+                               "(needs --dataset); the run's first line says which copy it used")
     labels: str = _f("fine", "CIFAR-100 label set", ("fine", "coarse"))
     val_split: float = _f(0.1, "fraction of the training set held out for validation (stratified)")
     subset: int | None = _f(None, "train on N training images, drawn by a fixed shuffle (archives are sorted by "

@@ -163,7 +163,7 @@ def _resolve(config: TrainConfig, seen: dict) -> None:
     """resolve_data once per distinct data setting: a sweep names the same archive many times, each check ~1 s."""
     from cnnlab.build import resolve_data
 
-    key = (config.data, config.dataset, config.cache_dir)  # the settings resolve_data reads and may rewrite
+    key = (config.data, config.dataset, config.cache_dir, config.download)  # what resolve_data reads
     if key not in seen:
         done = resolve_data(dataclasses.replace(config))
         seen[key] = (done.data, done.dataset, done.cache_dir)
