@@ -5,6 +5,7 @@ import gzip
 import http.server
 import io
 import pickle
+import shutil
 import struct
 import tarfile
 import threading
@@ -183,3 +184,16 @@ def serve_folder(root: Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def write_shared_datasets(root: Path, per_class=2) -> Path:
+    """root/ holding what ../shared/datasets holds, under its names: MNIST and CIFAR-10 as class-folder archives
+    (mnist-png.tar.gz, cifar10-jpeg.tar.gz) and Tiny ImageNet (tiny-imagenet-200.zip)."""
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = root / "_folders"
+    write_image_folder(scratch / "mnist", classes=[str(d) for d in range(10)], per_class=per_class, size=28)
+    tar_folder(scratch / "mnist", root / "mnist-png.tar.gz")
+    tar_folder(write_image_folder(scratch / "cifar", per_class=per_class)[0], root / "cifar10-jpeg.tar.gz")
+    shutil.rmtree(scratch)
+    write_tinyimagenet(root)
+    return root

@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from data_fixtures import tar_folder, write_image_folder, write_tinyimagenet
+from data_fixtures import write_shared_datasets
 
 from cnnlab import presets
 from cnnlab.build import resolve_data
@@ -24,17 +24,6 @@ def run_cli(capsys, *argv):
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def shared_copy(tmp_path) -> Path:
-    """tmp/shared/datasets as the presets name it: MNIST and CIFAR-10 as class-folder archives, Tiny ImageNet."""
-    shared = tmp_path / "shared" / "datasets"
-    shared.mkdir(parents=True)
-    write_image_folder(tmp_path / "mnist", classes=[str(d) for d in range(10)], size=28)
-    tar_folder(tmp_path / "mnist", shared / "mnist-png.tar.gz")
-    tar_folder(write_image_folder(tmp_path / "cifar")[0], shared / "cifar10-jpeg.tar.gz")
-    write_tinyimagenet(shared)
-    return shared
 
 
 def train_config(*argv) -> TrainConfig:
@@ -117,7 +106,7 @@ def test_the_listing_names_each_preset_its_kind_and_what_it_trains(tmp_path, cap
 def test_presets_name_prints_the_file_to_copy_and_edit(tmp_path, capsys, monkeypatch):
     code, out, _ = run_cli(capsys, "presets", "seed-report")
     assert code == 0 and out == (presets.FOLDER / "seed-report.toml").read_text(encoding="utf-8")
-    root = shared_copy(tmp_path)
+    root = write_shared_datasets(tmp_path / "shared" / "datasets")
     monkeypatch.chdir(tmp_path)
     Path("mine.toml").write_text(out.replace("epochs = 4", "epochs = 1"), encoding="utf-8")
     mine, preset = plan("mine.toml", data_root=root), plan("seed-report", data_root=root)
@@ -125,7 +114,7 @@ def test_presets_name_prints_the_file_to_copy_and_edit(tmp_path, capsys, monkeyp
 
 
 def test_relative_paths_in_a_preset_resolve_against_the_current_folder(tmp_path, monkeypatch):
-    shared = shared_copy(tmp_path)
+    shared = write_shared_datasets(tmp_path / "shared" / "datasets")
     (tmp_path / "checkout").mkdir()
     monkeypatch.chdir(tmp_path / "checkout")  # "../shared/datasets" from here is tmp/shared/datasets
     config = resolve_data(train_config("--config", "demo-mnist-mlp"))
