@@ -26,13 +26,14 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	touch $@
 
-# The real data sets live beside the checkout (see ../shared/datasets/README.md); never copied into the repo.
+# The real data sets live beside the checkout (see ../shared/datasets/README.md); never copied into the repo. Without
+# them the demo's preset (download = true) trains on the official MNIST, fetched once into the cache.
 DATA   ?= ../shared/datasets
 
 RUN    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 demo: setup
-	$(VENV)/bin/cnnlab train --config configs/demo-mnist-mlp.toml --data $(DATA)/mnist-png.tar.gz --out $(RUN)
+	$(VENV)/bin/cnnlab train --config demo-mnist-mlp --data $(DATA)/mnist-png.tar.gz --out $(RUN)
 	$(VENV)/bin/cnnlab eval $(RUN)
 	@echo "curves: $(RUN)/curves.png   confusion matrix: $(RUN)/confusion_test.png"
 

@@ -1,6 +1,6 @@
 """The CIFAR-10 speedrun preset over several seeds: mean and spread of test accuracy and of the time it takes.
 
-Each seed is one `cnnlab.engine.fit` of configs/speedrun-cifar10.toml. Timed the way the published speedruns time
+Each seed is one `cnnlab.engine.fit` of the speedrun-cifar10 preset. Timed the way the published speedruns time
 themselves: the whitening initialisation, the training epochs and the final test pass with its test-time
 augmentation (summary.json's init_seconds + train_seconds + test_seconds), after one untimed warm-up run on the
 GPU that pays for CUDA start-up and cuDNN autotuning (and compilation, with --compile). Reloading the cached
@@ -33,10 +33,11 @@ import torch
 from cnnlab.config import TrainConfig
 from cnnlab.data import load_dataset
 from cnnlab.engine import fit
-from common import (DEFAULT_CIFAR, QUICK, REPO, SEED, cudnn_benchmark, default_workers, describe_device,
+from cnnlab.presets import preset_path
+from common import (DEFAULT_CIFAR, QUICK, SEED, cudnn_benchmark, default_workers, describe_device,
                     exit_if_wrong, parser, pick_device, result_problems, run_reference)
 
-PRESET = REPO / "configs" / "speedrun-cifar10.toml"
+PRESET = preset_path("speedrun-cifar10")
 TARGET_ACC, TARGET_SECONDS = 0.905, 2.0
 # Below these a seed's result is wrong, not slow: the full preset reaches ~90.5 %, the quick form 29–33 % (seeds 0
 # and 1; BENCHMARKS.md: 31.8 ± 3.3 %); chance is 10 %.
@@ -89,7 +90,7 @@ def main():
     config.validate()
     seeds = args.seeds or (2 if args.quick else 5)
     print(describe_device(device))
-    print(f"preset: {PRESET.relative_to(REPO)}" + (f" with {QUICK_OVERRIDES}" if args.quick else "")
+    print(f"preset: {PRESET.stem}" + (f" with {QUICK_OVERRIDES}" if args.quick else "")
           + f"; precision {config.precision}, compile {config.compile}")
     load_dataset("cifar10", args.data, cache_dir=args.cache_dir)  # prepare the cache before any clock
 

@@ -1,10 +1,14 @@
 """Tiny datasets written in each official format, byte for byte as their authors publish them."""
 
+import contextlib
 import gzip
+import http.server
 import io
 import pickle
+import shutil
 import struct
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -154,3 +158,42 @@ def write_tinyimagenet(root: Path, train_classes=200, per_class=1, n_val=4, n_te
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     return root / "tiny-imagenet-200", ids
+
+
+@contextlib.contextmanager
+def serve_folder(root: Path):
+    """Serve `root` over HTTP on 127.0.0.1 (a free port) in a thread; yield (base URL, the paths requested)."""
+    requested = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):
+            requested.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):  # keep the test output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def write_shared_datasets(root: Path, per_class=2) -> Path:
+    """root/ holding what ../shared/datasets holds, under its names: MNIST and CIFAR-10 as class-folder archives
+    (mnist-png.tar.gz, cifar10-jpeg.tar.gz) and Tiny ImageNet (tiny-imagenet-200.zip)."""
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = root / "_folders"
+    write_image_folder(scratch / "mnist", classes=[str(d) for d in range(10)], per_class=per_class, size=28)
+    tar_folder(scratch / "mnist", root / "mnist-png.tar.gz")
+    tar_folder(write_image_folder(scratch / "cifar", per_class=per_class)[0], root / "cifar10-jpeg.tar.gz")
+    shutil.rmtree(scratch)
+    write_tinyimagenet(root)
+    return root

@@ -2,7 +2,6 @@
 alternating flips, the batch-norm lr groups, Lookahead averaging, test-time augmentation and the shipped preset."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +17,11 @@ from cnnlab.tta import tta_logits
 from cnnlab.models import count_params, create_model
 from cnnlab.models.speednet import Conv
 from cnnlab.optim import build_optimizer
+from cnnlab.presets import preset_path
 from data_fixtures import write_image_folder
 from test_data_real import shared
 
-PRESET = Path(__file__).resolve().parents[1] / "configs" / "speedrun-cifar10.toml"
+PRESET = preset_path("speedrun-cifar10")
 
 
 def test_speednet_parameter_count_adds_up_layer_by_layer():

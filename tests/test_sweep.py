@@ -216,7 +216,7 @@ def test_a_candidate_list_takes_the_first_that_exists(tmp_path, data_root, capsy
 def test_seed_report_takes_the_full_tiny_imagenet_when_the_data_root_has_it(tmp_path):
     tar_folder(write_image_folder(tmp_path / "cifar")[0], tmp_path / "cifar10-jpeg.tar.gz")
     write_tinyimagenet(tmp_path)
-    sweep = plan(REPO / "configs" / "seed-report.toml", data_root=tmp_path)
+    sweep = plan("seed-report", data_root=tmp_path)
     data = {name: (c.dataset, c.data) for name, c in sweep.runs}
     assert data["vgg11-tinyimagenet-seed0"] == ("tinyimagenet", str(tmp_path / "tiny-imagenet-200.zip"))
     assert data["resnet18-cifar10-seed0"] == ("cifar10", str(tmp_path / "cifar10-jpeg.tar.gz"))
@@ -225,12 +225,12 @@ def test_seed_report_takes_the_full_tiny_imagenet_when_the_data_root_has_it(tmp_
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared datasets at ../shared/datasets")
 def test_seed_report_runs_train100_on_the_shared_data(monkeypatch, capsys):
     monkeypatch.chdir(REPO)
-    code, out, _ = run_cli(capsys, "configs/seed-report.toml", "--data-root", "../shared/datasets", "--dry-run")
+    code, out, _ = run_cli(capsys, "seed-report", "--data-root", "../shared/datasets", "--dry-run")
     assert code == 0
     train100 = str(SHARED.resolve() / "tiny-imagenet-200-train100.tar.gz")
     assert out.count(f"data:     {train100} (candidate 3 of 3") == 2
     assert out.count(str(SHARED.resolve() / "cifar10-jpeg.tar.gz")) == 2
-    sweep = plan(REPO / "configs" / "seed-report.toml")  # the file's own data_root, from the repository root
+    sweep = plan("seed-report")  # the preset's own data_root, relative to the current folder: the repository root
     assert [(c.model, c.dataset, c.epochs) for _, c in sweep.runs] == [
         ("vgg11", "cifar10", 4), ("resnet18", "cifar10", 4), ("vgg11", "tinyimagenet", 4),
         ("resnet18", "tinyimagenet", 4)]
@@ -238,12 +238,11 @@ def test_seed_report_runs_train100_on_the_shared_data(monkeypatch, capsys):
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared datasets at ../shared/datasets")
-@pytest.mark.parametrize("name,count", [("ablation-regularization.toml", 30), ("optimizers.toml", 8),
-                                        ("lr-grid.toml", 42), ("defaults-cifar10.toml", 4),
-                                        ("precision-cpu.toml", 6)])
+@pytest.mark.parametrize("name,count", [("ablation-regularization", 30), ("optimizers", 8), ("lr-grid", 42),
+                                        ("defaults-cifar10", 4), ("precision-cpu", 6)])
 def test_the_other_presets_plan_and_validate(name, count, monkeypatch):
-    monkeypatch.chdir(REPO)  # their data paths are relative to the repository root
-    sweep = plan(REPO / "configs" / name)
+    monkeypatch.chdir(REPO)  # their data paths are relative to the current folder: here, the repository root
+    sweep = plan(name)
     assert len(sweep.runs) == count and all(config.out.startswith(str(sweep.out)) for _, config in sweep.runs)
 
 

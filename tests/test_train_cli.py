@@ -16,9 +16,6 @@ from cnnlab.models import create_model
 from data_fixtures import CIFAR10
 from test_data_real import shared
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("cache"))
@@ -104,7 +101,7 @@ def test_softmax_regression_on_mnist_reaches_90_percent(tmp_path, cache):
 
 
 def test_mlp_on_mnist_reaches_97_percent(tmp_path, cache):
-    _, summary = train(tmp_path, cache, "--config", CONFIGS / "demo-mnist-mlp.toml", "--data",
+    _, summary = train(tmp_path, cache, "--config", "demo-mnist-mlp", "--data",
                        shared("mnist-png.tar.gz"), "--epochs", "4")
     assert summary["test_top1"] >= 0.97, summary
 

@@ -36,9 +36,10 @@ FULL_BATCH_CHUNK = 1024  # full-batch GD accumulates the exact mean gradient ove
 INIT_IMAGES = 5000  # training images a model's init_from_data sees (speednet's patch statistics)
 
 
-def resolve_data(config: TrainConfig) -> TrainConfig:
+def resolve_data(config: TrainConfig, say=print) -> TrainConfig:
     """Check the run's data before anything is built: the path exists, holds the dataset named (or detect which
-    one it holds), and is stored absolute, so `cnnlab eval RUN` works from any folder. Cheap: no image decoded.
+    one it holds), and is stored absolute, so `cnnlab eval RUN` works from any folder. Cheap: no image decoded,
+    nothing fetched but what --download must.
 
     Sweeps call this for every planned run before the first one starts.
     """
@@ -46,6 +47,8 @@ def resolve_data(config: TrainConfig) -> TrainConfig:
 
     if config.dataset == "synthetic-linear":
         return config
+    if config.download:
+        _choose_copy(config, say)
     if config.data is None:
         if config.dataset is None:
             raise CnnlabError("say what to train on: --data PATH (its dataset is detected from the files) "
@@ -69,6 +72,23 @@ def resolve_data(config: TrainConfig) -> TrainConfig:
     elif found not in ("images", config.dataset):
         raise CnnlabError(f"{config.data} holds {found}, not {config.dataset}; pass --dataset {found} or the right path")
     return config
+
+
+def _choose_copy(config: TrainConfig, say) -> None:
+    """--download: keep --data where it exists, else take the official files from the cache (fetching them the
+    first time). Say which copy the run reads: results on two copies may differ (the shared CIFAR-10 is
+    JPEG-recompressed, the official one is not)."""
+    from cnnlab.data import download_to_cache
+
+    given = config.data
+    if given is not None and Path(given).expanduser().exists():
+        say(f"data: {given} (it exists, so nothing is downloaded)")
+        return
+    if config.dataset is None:
+        raise CnnlabError("--download needs --dataset NAME to know what to fetch")
+    config.data = str(download_to_cache(config.dataset, config.cache_dir))
+    missing = f"{given} does not exist, so this run reads " if given is not None else ""
+    say(f"data: {missing}the official {config.dataset} files, downloaded into {config.data} and MD5-checked")
 
 
 def model_options(config: TrainConfig, image_shape: tuple, num_classes: int, task: str | None = None) -> dict:
@@ -249,7 +269,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
     run, checkpoint, rewrite_config = None, None, False
     if resume:
         run, checkpoint, config, rewrite_config = _reopen(resume, config, d, stack)
-    resolve_data(config.validate())
+    resolve_data(config.validate(), say=print if d.is_main else lambda line: None)
     device = _device(config, d)
     precision = resolve_precision(config.precision, device, model_info(config.model).channels_last)
     threads = set_threads(config.threads)

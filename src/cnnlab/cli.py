@@ -118,6 +118,15 @@ def _sweep(args) -> None:
         run_sweep(sweep, report=not args.no_report)
 
 
+def _presets(args) -> None:
+    from cnnlab.presets import listing, preset_path
+
+    if args.name:
+        print(preset_path(args.name).read_text(encoding="utf-8"), end="")
+    else:
+        print("\n".join(listing()))
+
+
 def _si(n: int) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
@@ -149,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     from cnnlab.config import add_arguments
 
     train = commands.add_parser("train", help="train a model into a run folder (see --help for every setting)")
-    train.add_argument("--config", help="a TOML file of settings; flags override it")
+    train.add_argument("--config", help="a preset's name (`cnnlab presets`) or a TOML file of settings; flags "
+                                        "override it")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     add_arguments(train)
     train.set_defaults(run=_train)
@@ -168,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=_predict)
 
     sweep = commands.add_parser("sweep", help="run a grid of configurations × seeds, then report mean ± std")
-    sweep.add_argument("file", help="a sweep TOML file ([sweep], [base], [[variant]], [grid]); see configs/")
+    sweep.add_argument("file", help="a sweep preset's name (`cnnlab presets`) or a sweep TOML file ([sweep], "
+                                    "[base], [[variant]], [grid])")
     sweep.add_argument("--no-report", action="store_true", help="only run; skip the report at the end")
     sweep.add_argument("--dry-run", action="store_true",
                        help="print each run's folder, the settings that differ and its data file; train and create "
@@ -180,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace a [base] setting for every run, e.g. --set epochs=1 (a TOML value, else text); "
                             "repeatable")
     sweep.set_defaults(run=_sweep)
+
+    presets = commands.add_parser("presets", help="list the training and sweep presets shipped with cnnlab, or "
+                                                  "print one")
+    presets.add_argument("name", nargs="?", help="the preset to print, e.g. to copy and edit it")
+    presets.set_defaults(run=_presets)
 
     from cnnlab.report.command import add_report_parser
 

@@ -1,7 +1,7 @@
 """Every training setting in one typed dataclass: TOML in, TOML out, CLI flags generated from the fields.
 
-Precedence: dataclass defaults < `--config FILE` < explicit command-line flags. Validation happens once, in
-`validate()`, and names the field and what it allows.
+Precedence: dataclass defaults < `--config FILE` (or a preset's name, see cnnlab.presets) < explicit command-line
+flags. Validation happens once, in `validate()`, and names the field and what it allows.
 """
 
 import json
@@ -36,6 +36,9 @@ class TrainConfig:
     dataset: str | None = _f(None, "cifar10, cifar100, tinyimagenet, imagenet, mnist or synthetic-linear "
                                    "(default: detected from --data)")
     data: str | None = _f(None, "the dataset's folder or archive")
+    download: bool = _f(False, "where --data does not exist (or is not given), train on the dataset's official "
+                               "files instead, downloaded once into the cache's downloads/ folder and MD5-checked "
+                               "(needs --dataset); the run's first line says which copy it used")
     labels: str = _f("fine", "CIFAR-100 label set", ("fine", "coarse"))
     val_split: float = _f(0.1, "fraction of the training set held out for validation (stratified)")
     subset: int | None = _f(None, "train on N training images, drawn by a fixed shuffle (archives are sorted by "
@@ -259,7 +262,10 @@ def add_arguments(parser) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    config = TrainConfig.from_toml(args.config) if getattr(args, "config", None) else TrainConfig()
+    """The settings of `cnnlab train`: --config (a TOML file or a preset's name), then the flags given."""
+    from cnnlab.presets import find  # here, not above: cnnlab.presets imports this module
+
+    config = TrainConfig.from_toml(find(args.config, "train")) if getattr(args, "config", None) else TrainConfig()
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     for name, value in given.items():
         setattr(config, name, _coerce(next(f for f in fields(TrainConfig) if f.name == name), value,

@@ -1,6 +1,6 @@
 """Default training recipes, one per model family: what a setting the user left open becomes.
 
-Each learning rate was measured (configs/lr-grid.toml; RESULTS.md, "Default recipes"), not taken from folklore. A
+Each learning rate was measured (`cnnlab sweep lr-grid`; RESULTS.md, "Default recipes"), not taken from folklore. A
 recipe fills only what neither a config file nor a flag set, so the seed's plain methods stay one flag away:
 `--schedule constant --weight-decay 0 --label-smoothing 0` trains with a constant lr and no penalty.
 
@@ -31,7 +31,7 @@ LARGEST_SCALED_BATCH = 1024
 ADAMW_LR = 1e-3
 
 # Keyed by model name, else by family ("vgg_bn" for VGGs with batch norm). Each classifier's lr is the best of seven
-# (0.005…0.4) in configs/lr-grid.toml, whose other settings are these: SGD with momentum 0.9, weight decay 5e-4 on
+# (0.005…0.4) in the lr-grid preset, whose other settings are these: SGD with momentum 0.9, weight decay 5e-4 on
 # weights, the triangular schedule, no label smoothing (not measured yet). linreg: the best of 0.01…0.3 on
 # synthetic-linear, constant and cosine. speednet: provisional until its grid row is measured.
 RECIPES: dict[str, Recipe] = {

@@ -1,4 +1,5 @@
-"""`cnnlab sweep FILE.toml`: a base configuration × named variants × a grid × seeds, run one after another.
+"""`cnnlab sweep FILE.toml` (or a preset's name): a base configuration × named variants × a grid × seeds, run one
+after another.
 
     [sweep]                      # where, and which seeds
     out = "runs/ablation"
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from cnnlab.config import TrainConfig, read_toml
 from cnnlab.errors import CnnlabError
+from cnnlab.presets import find as find_preset
 
 SWEEP_KEYS = ("out", "seeds", "data_root")
 # The sweep sets these for each run; a value anywhere else would be replaced without a word.
@@ -73,7 +75,8 @@ def parse_settings(items) -> dict:
     return values
 
 
-def _read(path: Path) -> dict:
+def read_sweep(path: Path) -> dict:
+    """A sweep file's tables, refusing tables and [sweep] keys a sweep does not have."""
     spec = read_toml(path, "sweep file")
     unknown = sorted(set(spec) - {"sweep", "base", "variant", "grid", "report"})
     if unknown:
@@ -160,31 +163,39 @@ def _resolve(config: TrainConfig, seen: dict) -> None:
     """resolve_data once per distinct data setting: a sweep names the same archive many times, each check ~1 s."""
     from cnnlab.build import resolve_data
 
-    key = (config.data, config.dataset, config.cache_dir)  # the settings resolve_data reads and may rewrite
+    key = (config.data, config.dataset, config.cache_dir, config.download)  # what resolve_data reads
     if key not in seen:
         done = resolve_data(dataclasses.replace(config))
         seen[key] = (done.data, done.dataset, done.cache_dir)
     config.data, config.dataset, config.cache_dir = seen[key]
 
 
-def plan(path, data_root=None, overrides: dict | None = None) -> Sweep:
-    """Every run of a sweep file, validated and with its data checked, before anything runs or is created.
-
-    `data_root` (else the file's [sweep] data_root, else the current folder) is what relative `data` values
-    resolve against; `overrides` (from --set) replace [base] settings for every run.
-    """
-    path, overrides = Path(path), dict(overrides or {})
-    spec = _read(path)
+def run_settings(path: Path, spec: dict, overrides: dict | None = None) -> list[tuple[str, dict]]:
+    """(run name, settings) of every run a sweep file's tables describe, in order; data not yet resolved."""
+    overrides = dict(overrides or {})
     _check_sources(path, spec, overrides)
-    settings = spec.get("sweep", {})
-    seeds = settings.get("seeds", [0])
+    seeds = spec.get("sweep", {}).get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise CnnlabError(f"{path}: [sweep] seeds must be a non-empty list of integers")
-    sweep = Sweep(path, Path(settings.get("out", f"runs/{path.stem}")), _data_root(path, settings, data_root), [])
     combinations = list(_combinations(spec, overrides, seeds))
     names = [n for n, _ in combinations]
     if len(set(names)) != len(names):
         raise CnnlabError(f"{path}: two runs would share a folder name; give each [[variant]] a distinct name")
+    return combinations
+
+
+def plan(path, data_root=None, overrides: dict | None = None) -> Sweep:
+    """Every run of a sweep file (or preset name), validated and with its data checked, before anything runs or is
+    created.
+
+    `data_root` (else the file's [sweep] data_root, else the current folder) is what relative `data` values
+    resolve against; `overrides` (from --set) replace [base] settings for every run.
+    """
+    path = find_preset(path, "sweep")
+    spec = read_sweep(path)
+    combinations = run_settings(path, spec, overrides)
+    settings = spec.get("sweep", {})
+    sweep = Sweep(path, Path(settings.get("out", f"runs/{path.stem}")), _data_root(path, settings, data_root), [])
     seen = {}
     for name, values in combinations:
         origin = f"{path} ({name})"

@@ -26,8 +26,8 @@ DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagenet", "mnist", "synthet
 CLASS_COUNTS = {"cifar10": (10,), "cifar100": (100, 20), "tinyimagenet": (200,), "mnist": (10,)}
 STREAMED = ("imagenet",)
 
-__all__ = ["DATASETS", "Dataset", "Split", "dataset_info", "detect_dataset", "load_dataset", "split_train_val",
-           "synthetic_linear"]
+__all__ = ["DATASETS", "Dataset", "Split", "dataset_info", "detect_dataset", "download_to_cache", "load_dataset",
+           "split_train_val", "synthetic_linear"]
 
 
 def _resolve(name: str | None, path, download_first: bool) -> Path:
@@ -42,6 +42,12 @@ def _resolve(name: str | None, path, download_first: bool) -> Path:
             raise CnnlabError("--download needs --dataset NAME to know what to fetch")
         return download(name, Path(path))
     return Path(path).expanduser()
+
+
+def download_to_cache(name: str, cache_dir=None) -> Path:
+    """The dataset's official files in the cache's downloads/<name>/, fetched and MD5-checked unless already there."""
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
+    return download(name, cache_dir / "downloads" / name)
 
 
 def _imagenet_layout(path: Path) -> bool:

@@ -11,7 +11,7 @@ from cnnlab.monitor import Monitor
 from cnnlab.report.runs import Run, load_runs
 
 # Where data and outputs live says nothing about what was trained: the same experiment on another machine.
-IGNORED = ("out", "data", "cache_dir")
+IGNORED = ("out", "data", "cache_dir", "download")
 # Runs equal in everything but these are repeats of one experiment.
 GROUP_IGNORED = IGNORED + ("seed",)
 # Shown in their own columns, so never repeated among the differing hyperparameters.

@@ -1,0 +1,86 @@
+"""The TOML presets shipped inside the package, named by their file's stem, so an installed cnnlab has them too.
+
+    cnnlab train --config speedrun-cifar10     # a training preset: TrainConfig fields
+    cnnlab sweep seed-report                   # a sweep preset: [sweep], [base], [[variant]], [grid]
+    cnnlab presets [NAME]                      # list them, or print one to copy and edit
+
+A path is accepted wherever a name is, and an existing file wins over a preset of the same name. Relative paths
+inside a preset (`data`, `data_root`, `out`) resolve against the current folder, as those of any config file do,
+never against the package's folder: "../shared/datasets/…" is the shared folder beside the folder you run in (a
+checkout's root); anywhere else, --data or --data-root says where the data is.
+"""
+
+from pathlib import Path
+
+from cnnlab.config import TrainConfig, read_toml
+from cnnlab.errors import CnnlabError
+
+FOLDER = Path(__file__).resolve().parent
+SWEEP_TABLES = ("sweep", "base", "variant", "grid")
+COMMANDS = {"train": "cnnlab train --config {}", "sweep": "cnnlab sweep {}"}
+FILE_NOUNS = {"train": "config file", "sweep": "sweep file"}
+
+
+def names(folder: Path = FOLDER) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.toml"))
+
+
+def kind_of(values: dict) -> str:
+    """`sweep` for a file with a sweep's tables, else `train` (a file of TrainConfig fields)."""
+    return "sweep" if any(table in values for table in SWEEP_TABLES) else "train"
+
+
+def preset_path(name: str, folder: Path = FOLDER) -> Path:
+    """The file of the preset `name` (with or without .toml), or one line listing the presets there are."""
+    path = folder / f"{str(name).removesuffix('.toml')}.toml"
+    if "/" in str(name) or "\\" in str(name) or not path.is_file():
+        raise CnnlabError(f"there is no preset {name!r}; the presets are: {', '.join(names(folder))}")
+    return path
+
+
+def find(name_or_path, kind: str) -> Path:
+    """The file a `train --config` (kind `train`) or `sweep` (kind `sweep`) argument means: an existing path as
+    given, else the preset of that name, refused with the command that runs it when it is of the other kind."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    name = path.name.removesuffix(".toml")
+    if path.parent == Path(".") and name in names():
+        found = kind_of(read_toml(preset_path(name), "preset"))
+        if found != kind:
+            raise CnnlabError(f"{name} is a {found} preset, not a {kind} preset; run it with "
+                              f"`{COMMANDS[found].format(name)}`")
+        return preset_path(name)
+    listed = ", ".join(n for n in names() if kind_of(read_toml(preset_path(n), "preset")) == kind)
+    if path.parent == Path(".") and not path.suffix:  # a bare word: meant as a preset's name
+        raise CnnlabError(f"{name_or_path} is neither a file nor a {kind} preset; pass a TOML file's path or one "
+                          f"of: {listed}")
+    hint = f" (the preset {name} has its name: `{COMMANDS[kind].format(name)}`)" if name in names() else ""
+    raise CnnlabError(f"{FILE_NOUNS[kind]} {name_or_path} does not exist{hint}; pass an existing file or one of "
+                      f"the {kind} presets: {listed}")
+
+
+def summary(path: Path) -> tuple[str, str]:
+    """(kind, what it trains) of a preset, read from its settings: `mlp on mnist, 10 epochs`, `30 runs of mlp on
+    cifar10`."""
+    from cnnlab.sweep import read_sweep, run_settings  # here, not above: cnnlab.sweep imports this module
+
+    values = read_toml(path, "preset")
+    if kind_of(values) == "train":
+        config = TrainConfig.from_toml(path)
+        return "train", f"{config.model} on {config.dataset or 'the dataset --data holds'}, {config.epochs} epochs"
+    runs = [settings for _, settings in run_settings(path, read_sweep(path))]
+    models = dict.fromkeys(s.get("model", TrainConfig.model) for s in runs)
+    datasets = dict.fromkeys(s.get("dataset") or "the dataset its data holds" for s in runs)
+    return "sweep", f"{len(runs)} runs of {', '.join(models)} on {', '.join(datasets)}"
+
+
+def listing(folder: Path = FOLDER) -> list[str]:
+    """What `cnnlab presets` prints: a table of every preset's name, kind and what it trains, then how to use one."""
+    rows = [(name, *summary(folder / f"{name}.toml")) for name in names(folder)]
+    width = max(len("NAME"), *(len(name) for name, _, _ in rows))
+    lines = [f"{'NAME':<{width}}  KIND   WHAT"] + [f"{n:<{width}}  {k:<5}  {what}" for n, k, what in rows]
+    return lines + ["", "Run one: cnnlab train --config NAME (train), cnnlab sweep NAME (sweep). Copy one to edit: "
+                        "cnnlab presets NAME > mine.toml",
+                    "Their relative paths (data, data_root, out) start from the current folder; --data or "
+                    "--data-root overrides them."]
