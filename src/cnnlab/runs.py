@@ -118,10 +118,14 @@ class RunFolder:
         return [dict(zip(header, cells)) for _, cells in rows]
 
     def append_metrics(self, row: dict, columns: list[str]) -> None:
+        """Append a row; a file that exists keeps its header, so a run begun by an older cnnlab with fewer
+        columns stays one table when resumed (the new columns are left out of it)."""
         if self.readonly:
             return
         path = self.file("metrics.csv")
-        new = not path.is_file()
+        header, _ = read_metrics(path)
+        new = not header
+        columns = columns if new else header
         with self._writing("metrics.csv"), open(path, "a", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             if new:
