@@ -5,7 +5,8 @@ recipe fills only what neither a config file nor a flag set, so the seed's plain
 `--schedule constant --weight-decay 0 --label-smoothing 0` trains with a constant lr and no penalty.
 
 The lr is SGD's at batch 128 and scales linearly with the batch size (Goyal et al. 2017) up to batch 1024; larger
-batches, and full-batch gradient descent, get the batch-1024 value. AdamW takes its usual 1e-3 at any batch size.
+batches, and full-batch gradient descent, get the batch-1024 value. The batch is an optimizer step's: --batch-size
+times --accumulate. AdamW takes its usual 1e-3 at any batch size.
 """
 
 from dataclasses import asdict, dataclass
@@ -59,7 +60,8 @@ def apply_recipe(config) -> dict:
     if config.optimizer == "adamw":
         recipe["lr"] = ADAMW_LR
     else:
-        recipe["lr"] = float(f"{batch_scaled_lr(recipe['lr'], config.batch_size):.6g}")
+        # The batch an optimizer step averages: --accumulate K is a K× batch, and gets its lr.
+        recipe["lr"] = float(f"{batch_scaled_lr(recipe['lr'], config.step_batch):.6g}")
     filled = {name: recipe[name] for name in open_settings}
     for name, value in filled.items():
         setattr(config, name, value)

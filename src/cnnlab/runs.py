@@ -17,8 +17,10 @@ from cnnlab.config import END_OF_CONFIG, TrainConfig, read_toml
 from cnnlab.errors import CnnlabError
 from cnnlab.filelock import try_lock, unlock
 
+# step and elapsed_seconds are cumulative optimizer steps and seconds; grad_norm is the mean over the epoch's
+# optimizer steps of the gradients' global norm before clipping (empty without --clip-grad-norm).
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
-                  "images_per_second", "step", "elapsed_seconds"]  # cumulative optimizer steps and seconds
+                  "images_per_second", "step", "elapsed_seconds", "grad_norm"]
 TOP5_COLUMNS = ["train_top5", "val_top5"]
 
 
