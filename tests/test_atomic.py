@@ -116,6 +116,15 @@ def test_the_report_reads_the_rows_resume_reads(tmp_path):
     assert run.config().dataset == load_run(run.path).config["dataset"] == "synthetic-linear"
 
 
+def test_a_run_resumed_by_a_newer_cnnlab_keeps_the_header_its_metrics_csv_began_with(tmp_path):
+    # A column added since the run began (grad_norm, say) must not make the appended row one field longer.
+    (tmp_path / "metrics.csv").write_text("epoch,train_loss,lr\n1,0.5,0.1\n")
+    RunFolder(tmp_path).append_metrics({"epoch": 2, "train_loss": 0.4, "lr": 0.1, "grad_norm": 3.0},
+                                       ["epoch", "train_loss", "lr", "grad_norm"])
+    assert (tmp_path / "metrics.csv").read_text() == "epoch,train_loss,lr\n1,0.5,0.1\n2,0.4,0.1\n"
+    assert [row["train_loss"] for row in RunFolder(tmp_path).metrics()] == ["0.5", "0.4"]
+
+
 @pytest.mark.parametrize("name, damage, read, words", [
     ("metrics.csv", b"\x89PNG\r\n\x1a\n\x00\xff", RunFolder.metrics, "metrics.csv is damaged"),
     ("metrics.csv", "epoch,lr\n1,0.1\n".encode("utf-16"), RunFolder.metrics, "metrics.csv is damaged"),

@@ -59,6 +59,22 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
     assert s1["test_top1"] == s2["test_top1"] and s1["val_size"] == s2["val_size"]
 
 
+@pytest.mark.slow
+def test_accumulation_clipping_and_ema_under_two_processes_match_one(tmp_path):
+    # DDP averages gradients only in a step's last backward pass (no_sync before it); every rank clips the same
+    # global norm and averages the bare module's weights, so the job is the single process's run.
+    folder, _ = write_image_folder(tmp_path / "digits", classes=[str(d) for d in range(10)], per_class=12, size=28)
+    common = ["--model", "mlp", "--hidden", "32", "--dataset", "mnist", "--data", folder, "--epochs", "2",
+              "--batch-size", "10", "--accumulate", "3", "--clip-grad-norm", "0.5", "--ema-decay", "0.9",
+              "--lr", "0.1", "--val-split", "0.2", "--device", "cpu", "--cache-dir", tmp_path / "cache"]
+    one = single(*common, "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = torchrun(2, *common, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr
+    assert_same_losses(tmp_path / "one", tmp_path / "two", epochs=2,
+                       keys=("train_loss", "val_loss", "train_acc", "val_acc", "grad_norm", "step"))
+
+
 def test_resume_with_a_different_number_of_processes(tmp_path):
     common = ["--model", "linreg", "--dataset", "synthetic-linear", "--batch-size", "20", "--lr", "0.05",
               "--momentum", "0.9", "--device", "cpu"]

@@ -22,6 +22,7 @@ from cnnlab.report.command import add_report_parser, report_main
 from cnnlab.report.compare import best_run, factors, group_runs, grouped_table, primary_metric, results_table
 from cnnlab.report.page import write_report
 from cnnlab.report.plots import factor_figures, plot_runs
+from cnnlab.report.curves import save_curves
 from cnnlab.report.runs import Run, load_run
 from data_fixtures import write_image_folder
 
@@ -252,3 +253,22 @@ def test_a_bar_chart_per_factor_with_sample_std_error_bars():
     (errorbar,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     segments = errorbar.lines[2][0].get_segments()
     assert [s[1][1] - s[0][1] for s in segments] == pytest.approx([2 * 0.02 / 2 ** 0.5] * 4)
+
+
+def test_the_report_draws_the_grad_norm_where_runs_have_it_and_old_runs_still_plot(tmp_path):
+    def run(name, grad_norm):
+        metrics = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "train_acc": None, "val_acc": None,
+                    **({"grad_norm": 2.0 * e} if grad_norm else {})} for e in (1.0, 2.0)]
+        return Run(tmp_path / name, {}, metrics, {})
+
+    old = plot_runs([run("old", False)], "val_loss")
+    assert [ax.get_ylabel() for ax in old.axes] == ["loss"]
+    both = plot_runs([run("old", False), run("clipped", True)], "val_loss")
+    assert [ax.get_ylabel() for ax in both.axes] == ["loss", "gradient norm before clipping"]
+    assert [list(line.get_ydata()) for line in both.axes[1].lines] == [[2.0, 4.0]]  # the clipped run's alone
+    # A run's own curves.png gets the panel too: three panels instead of two.
+    rows = [{"epoch": "1", "train_loss": "1", "val_loss": "1", "train_acc": "0.5", "val_acc": "0.5",
+              "grad_norm": ""}]
+    width_without = Image.open(save_curves(rows, tmp_path / "a.png", small=True)).width
+    rows[0]["grad_norm"] = "2.5"
+    assert Image.open(save_curves(rows, tmp_path / "b.png", small=True)).width > 1.3 * width_without

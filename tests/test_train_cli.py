@@ -95,7 +95,7 @@ def test_softmax_regression_on_mnist_reaches_90_percent(tmp_path, cache):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
-                             "images_per_second", "step", "elapsed_seconds"]
+                             "images_per_second", "step", "elapsed_seconds", "grad_norm"]
     assert int(rows[1]["step"]) == 2 * int(rows[0]["step"])
     assert summary["device"].startswith("CPU") and summary["torch"] and summary["best_epoch"] in (1, 2)
 

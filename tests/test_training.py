@@ -160,6 +160,28 @@ def test_resume_mid_epoch_gives_exactly_the_uninterrupted_metrics(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ema_clipping_and_accumulation_resume_exactly_inside_an_epoch(tmp_path):
+    # 60 images in batches of 8 (the last of 4), two per optimizer step: 4 steps an epoch. Lookahead (from the
+    # 5th step) pulls the weights the EMA averages; the stop comes after the 1st step of epoch 2.
+    base = dict(model="mlp", dataset="cifar10", data=cifar_like(tmp_path), hidden=[32], dropout=0.3,
+                batch_norm=True, epochs=3, batch_size=8, accumulate=2, clip_grad_norm=0.5, ema_decay=0.9,
+                lookahead_epoch=2, lr=0.05, cache_dir=str(tmp_path / "cache"), val_split=0.25, seed=7)
+    fit(TrainConfig(**base, out=str(tmp_path / "straight")))
+    with pytest.raises(SystemExit):
+        fit(TrainConfig(**base, out=str(tmp_path / "broken")), should_stop=lambda epoch, step: epoch == 2 and step == 2)
+    stopped = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)
+    assert stopped["position"]["batch"] == 2 and stopped["position"]["sums"]["grad_norm_steps"] == 1
+    fit(None, resume=str(tmp_path / "broken"))
+    straight = metrics(tmp_path / "straight")
+    assert metrics(tmp_path / "broken") == straight and all(float(row["grad_norm"]) > 0 for row in straight)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)
+    assert a["ema"] == b["ema"] == {"n_averaged": 12} and a["scheduler"]["last_epoch"] == 12
+    for weights in ("model", "raw_model"):  # the average, and the weights training goes on from
+        assert all(torch.equal(a[weights][k], b[weights][k]) for k in a[weights]), weights
+    assert not all(torch.equal(a["model"][k], a["raw_model"][k]) for k in a["model"])
+
+
 def test_a_stop_between_epochs_writes_last_pt_even_between_checkpoint_epochs(tmp_path):
     base = dict(model="mlp", dataset="cifar10", data=cifar_like(tmp_path), hidden=[16], epochs=3, batch_size=16,
                 lr=0.05, cache_dir=str(tmp_path / "cache"), val_split=0.25, seed=3, checkpoint_every=5)

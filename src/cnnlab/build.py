@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.averaging import Lookahead
+from cnnlab.averaging import EMA, Lookahead
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
 from cnnlab.data import load_dataset, split_train_val
@@ -157,7 +157,7 @@ def _batch_sizes(config: TrainConfig, n_train: int) -> tuple[int, int]:
 def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32, d: Dist = Dist()) -> Data:
     """Load (cached) or stream, take the subset, hold out the stratified validation split, build the loaders."""
     data = (_streamed_data if config.dataset == "imagenet" else _resident_data)(config, device, dtype, d)
-    data.train.full_batch = config.full_batch
+    data.train.full_batch, data.train.accumulate = config.full_batch, config.accumulate
     data.notes.update(val_size=data.val.num_examples if data.val else 0, val_seed=config.seed)
     return data
 
@@ -327,7 +327,8 @@ def bare_setup(config: TrainConfig, model, device: torch.device, steps_per_epoch
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     return setup, TrainState(model, optimizer, scheduler, None, default_monitor(task),
-                             scaler=precision.scaler(device))
+                             scaler=precision.scaler(device), ema=_ema(model, config),
+                             clip_grad_norm=config.clip_grad_norm)
 
 
 def _wants_channels_last(name: str, device: torch.device) -> bool:
@@ -412,7 +413,13 @@ def _state(model, setup: Setup) -> TrainState:
                  if config.lookahead_epoch else None)
     monitor = Monitor(config.early_stop_metric) if config.early_stop_metric else default_monitor(setup.data.task)
     return TrainState(model, optimizer, build_scheduler(optimizer, config, steps), loader, monitor, early, lookahead,
-                      setup.precision.scaler(setup.device))
+                      setup.precision.scaler(setup.device), _ema(model, config), config.clip_grad_norm)
+
+
+def _ema(model, config: TrainConfig) -> EMA | None:
+    """The weights' moving average, of the bare model: DDP and torch.compile wrap it only in Setup.train_model,
+    and every process averages the same weights (DDP keeps them equal), so each holds the same average."""
+    return EMA(model, config.ema_decay) if config.ema_decay else None
 
 
 def has_batch_norm(model) -> bool:
@@ -443,8 +450,11 @@ def describe_method(config: TrainConfig, data: Data) -> str:
     not mistaken for plain gradient descent."""
     if config.full_batch:
         method = f"full-batch gradient descent (the exact mean gradient over all {data.n_train} examples)"
-    elif config.batch_size == 1:
+    elif config.batch_size == 1 and config.accumulate == 1:
         method = "stochastic gradient descent (one example per step)"
+    elif config.accumulate > 1:
+        method = (f"minibatch SGD (batches of {config.step_batch}: the gradients of {config.accumulate} batches of "
+                  f"{config.batch_size} added up per step)")
     else:
         method = f"minibatch SGD (batches of {config.batch_size})"
     if config.optimizer == "adamw":
@@ -455,6 +465,10 @@ def describe_method(config: TrainConfig, data: Data) -> str:
         method += " without momentum"
     decay = f"weight decay {config.weight_decay}" if config.weight_decay else "no weight decay"
     line = f"method: {method}; lr {config.lr}, {config.schedule} schedule; {decay}"
+    if config.clip_grad_norm:
+        line += f"; gradient norm clipped to {config.clip_grad_norm}"
+    if config.ema_decay:
+        line += f"; validated and tested with the weights' EMA (decay {config.ema_decay})"
     rest = data.train.merged_rest
     if rest:
         line += (f"; the last batch of each epoch would hold {rest} image{'s' if rest > 1 else ''}, too few for "

@@ -56,6 +56,9 @@ class TrainConfig:
     batch_size: int | str = _f(128, "examples per step: 1 is SGD, `all` full-batch gradient descent (the exact "
                                     "mean gradient, accumulated over chunks of 1024; batch norm then normalises "
                                     "each chunk with its own statistics). Momentum applies unless --momentum 0")
+    accumulate: int = _f(1, "gradient accumulation: K batches of --batch-size per optimizer step, exactly one step on "
+                            "a K× batch for models without batch norm (batch norm normalises each batch by its own "
+                            "statistics); the schedule counts optimizer steps")
     optimizer: str = _f("sgd", "sgd (momentum v = βv + g, W -= αv) or adamw", ("sgd", "adamw"))
     lr: float | None = _f(None, "learning rate α (default: the model family's recipe, scaled to the batch size)")
     momentum: float = _f(0.9, "momentum β (sgd); 0 for plain SGD")
@@ -75,6 +78,12 @@ class TrainConfig:
     label_smoothing: float | None = _f(None, "label smoothing ε for the cross-entropy (default: the recipe's)")
     lookahead_epoch: int = _f(0, "from this epoch on, every 5 steps pull the weights to their moving average "
                                  "(Lookahead; the average's decay rises to 0.95⁵ by the end); 0 = off")
+    clip_grad_norm: float = _f(0.0, "clip the gradients' global L2 norm to this before each optimizer step (after "
+                                    "fp16 loss unscaling); metrics.csv's grad_norm logs the epoch's mean norm before "
+                                    "clipping; 0 = off")
+    ema_decay: float = _f(0.0, "keep an exponential moving average of the weights and batch-norm statistics with this "
+                               "decay (warmed up as min(D, (1+t)/(10+t)) over the first steps t), and validate, test "
+                               "and save for eval/predict the averaged weights; 0 = off")
     tta: str = _f("none", "test-time augmentation for val/test: average logits over flips (and 1-pixel shifts)",
                   ("none", "flip", "flip-translate"))
     early_stop_metric: str | None = _f(None, "stop early on val_loss or val_acc (default: off)",
@@ -104,6 +113,11 @@ class TrainConfig:
         """`--batch-size all`: full-batch gradient descent."""
         return self.batch_size == "all"
 
+    @property
+    def step_batch(self) -> int | str:
+        """Examples per optimizer step: --batch-size × --accumulate, or `all` for full-batch gradient descent."""
+        return "all" if self.full_batch else self.batch_size * self.accumulate
+
     def validate(self) -> "TrainConfig":
         def need(ok, name, allowed):
             if not ok:
@@ -130,6 +144,12 @@ class TrainConfig:
             need(value is None or isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,
                  "use a finite number ≥ 0")
         need(self.lr is None or 0 < self.lr <= 1e6, "lr", "use a number in (0, 1e6]")
+        need(isinstance(self.accumulate, int) and self.accumulate >= 1, "accumulate", "use a positive integer")
+        need(self.accumulate == 1 or not self.full_batch, "accumulate",
+             "--batch-size all already adds up the whole training set's gradient in one step; drop --accumulate")
+        need(math.isfinite(self.clip_grad_norm) and self.clip_grad_norm >= 0, "clip_grad_norm",
+             "use a norm > 0, or 0 for no clipping")
+        need(0 <= self.ema_decay < 1, "ema_decay", "use a decay in (0, 1) such as 0.999, or 0 for no averaging")
         need(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "use an integer in [0, 2**63)")
         need(self.warmup_epochs <= self.epochs, "warmup_epochs", "use at most --epochs")
         need(0 <= self.momentum < 1, "momentum", "use a number in [0, 1)")

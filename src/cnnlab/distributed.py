@@ -6,6 +6,7 @@ is a no-op and cnnlab runs as one process. CUDA uses NCCL, the CPU gloo (which i
 
 import datetime
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,16 @@ def broadcast(value, d: Dist):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gradient_sync(model, sync: bool):
+    """A context for one backward pass: DDP averages the gradients over processes in every backward, but an
+    optimizer step that adds up several batches (--accumulate, full-batch GD) needs it only in its last; inside
+    `no_sync()` the others accumulate locally. Anything but a DDP model (one process) needs nothing."""
+    ddp = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
+    if sync or not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+        return nullcontext()
+    return ddp.no_sync()
 
 
 def barrier(d: Dist) -> None:

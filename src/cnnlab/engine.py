@@ -26,7 +26,7 @@ from cnnlab.runs import METRIC_COLUMNS, TOP5_COLUMNS, RunFolder, environment
 from cnnlab.state import TrainState
 from cnnlab.tta import tta_logits
 
-DIST_STOP_CHECK_EVERY = 16  # steps between the ranks' checks for a stop request (SIGINT/SIGTERM)
+DIST_STOP_CHECK_EVERY = 16  # optimizer steps between the ranks' checks for a stop request (SIGINT/SIGTERM)
 
 
 # -- one step, one epoch, one evaluation ------------------------------------------------------------------------
@@ -40,14 +40,20 @@ def forward_backward(setup: Setup, state: TrainState, x, y, weight: float):
     return loss, out
 
 
-def train_step(setup: Setup, state: TrainState, x, y, global_n: int):
-    """One minibatch step. With several processes each holds a shard of the global batch of `global_n` examples;
-    its mean loss is weighted by shard size × processes / global_n, so DDP's average over processes is the global
-    batch's mean."""
-    state.optimizer.zero_grad(set_to_none=True)
-    loss, out = forward_backward(setup, state, x, y, len(y) * setup.d.world_size / global_n)
-    state.step()
-    return loss, out
+def train_step(setup: Setup, state: TrainState, x, y, global_n: int, first: bool = True, last: bool = True):
+    """One batch's part of an optimizer step over `global_n` examples: a whole step by default; with gradient
+    accumulation (and full-batch GD) `first` zeroes the gradients and `last` steps, after the step's last batch.
+
+    Each batch's mean loss is weighted by its share of the step's examples, so the summed gradient is their mean.
+    With several processes each holds a shard of the global batch, weighted by shard size × processes / global_n:
+    DDP's average over processes, taken in the step's last backward pass only, is then the step's mean.
+    Returns (loss, logits, the gradients' norm before clipping or None).
+    """
+    if first:
+        state.optimizer.zero_grad(set_to_none=True)
+    with distributed.gradient_sync(setup.train_model, last):
+        loss, out = forward_backward(setup, state, x, y, len(y) * setup.d.world_size / global_n)
+    return loss, out, state.step() if last else None
 
 
 def step_function(config: TrainConfig, model, device: torch.device, steps_per_epoch: int = 1):
@@ -61,8 +67,9 @@ def step_function(config: TrainConfig, model, device: torch.device, steps_per_ep
 def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) -> tuple[Sums, int]:
     """One pass over the training loader, from where a resumed run stopped inside it, if it did.
 
-    Returns the epoch's sums and the index of the next batch (len(loader) when complete). Full-batch gradient
-    descent weights each chunk by its share of the training set, so the summed gradient is the exact mean.
+    Returns the epoch's sums and the index of the next batch (len(loader) when complete). An optimizer step adds
+    up `loader.batches_per_step` batches (one; K with --accumulate K; all for full-batch gradient descent), and a
+    stop is honoured only after a step, so a resumed run never holds half a step's gradients.
     """
     data, loader, d = setup.data, state.loader, setup.d
     sums, first = Sums(setup.device, data.task, setup.num_classes, d), 0
@@ -72,25 +79,20 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
         first, state.position = state.position["batch"], None
     state.model.train()
     progress = Progress(len(loader), epoch, setup.config.epochs, setup.say)
-    if loader.full_batch:
-        state.optimizer.zero_grad(set_to_none=True)
-    for step, (x, y) in enumerate(loader, start=first):
-        if loader.full_batch:
-            loss, out = forward_backward(setup, state, x, y, len(y) * d.world_size / data.n_train)
-        else:
-            begin, end = loader.bounds(step)
-            loss, out = train_step(setup, state, x, y, end - begin)
+    for batch, (x, y) in enumerate(loader, start=first):
+        step_first, step_last, step_examples = loader.step_span(batch)
+        loss, out, grad_norm = train_step(setup, state, x, y, step_examples, batch == step_first, batch == step_last)
         sums.add(loss, out.float(), y)
+        if grad_norm is not None:
+            sums.add_grad_norm(grad_norm)
         bad = setup.nonfinite_step
-        bad.copy_(torch.where((bad < 0) & ~torch.isfinite(loss), step, bad))
+        bad.copy_(torch.where((bad < 0) & ~torch.isfinite(loss), batch, bad))
         progress.update(sums.n, sums)
         # Under torchrun agreeing on a stop costs an all-reduce and a host sync, so ranks confer every few steps.
-        confer = not d.enabled or (step + 1) % DIST_STOP_CHECK_EVERY == 0
-        if not loader.full_batch and confer and any_true(stop.check(epoch, step + 1), d, loss.device):
+        confer = not d.enabled or (batch + 1) % (DIST_STOP_CHECK_EVERY * loader.batches_per_step) == 0
+        if batch == step_last and confer and any_true(stop.check(epoch, batch + 1), d, loss.device):
             progress.close()
-            return sums, step + 1
-    if loader.full_batch:
-        state.step()
+            return sums, batch + 1
     progress.close()
     return sums, len(loader)
 
@@ -160,7 +162,7 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) ->
         setup.save(state, "last.pt")
         _leave(setup, stop, f"in epoch {epoch} after step {done}")
     if state.lookahead is not None:
-        state.lookahead.end_epoch()  # evaluation and checkpoints see the averaged weights
+        state.lookahead.end_epoch()  # evaluation and checkpoints see the averaged weights (or their EMA)
     row = record_epoch(setup, state, epoch, sums, epoch_start, lr)
     state.epoch = epoch
     value = row.get(state.monitor.metric) if data.val else None
@@ -194,12 +196,13 @@ def record_epoch(setup: Setup, state: TrainState, epoch: int, sums: Sums, epoch_
     train = sums.result()  # waits for the GPU: the epoch's time is real
     train_seconds = time.perf_counter() - epoch_start
     skipped = state.end_epoch()
-    val = evaluate(state.model, data.val, data.task, setup.num_classes, setup.autocast, d=setup.d,
+    val = evaluate(state.eval_model, data.val, data.task, setup.num_classes, setup.autocast, d=setup.d,
                    tta=setup.tta) if data.val else {}
     row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train.get("acc"),
            "train_top5": train.get("top5"), "val_loss": val.get("loss"), "val_acc": val.get("acc"),
            "val_top5": val.get("top5"), "lr": lr, "epoch_seconds": time.perf_counter() - epoch_start,
-           "images_per_second": train["n"] / train_seconds, "step": state.scheduler.last_epoch}
+           "images_per_second": train["n"] / train_seconds, "step": state.scheduler.last_epoch,
+           "grad_norm": train.get("grad_norm")}
     if not run.readonly:
         row["elapsed_seconds"] = row["epoch_seconds"] + sum(float(r["epoch_seconds"]) for r in run.metrics())
     run.append_metrics(row, METRIC_COLUMNS + (TOP5_COLUMNS if has_top5(data.task, setup.num_classes) else []))

@@ -21,7 +21,12 @@ def loss_fn(task: str, label_smoothing: float = 0.0):
 
 
 class Sums:
-    """Running sums on the device: no host synchronisation until `result()`, which also sums over processes."""
+    """Running sums on the device: no host synchronisation until `result()`, which also sums over processes.
+
+    Training also sums the optimizer steps' gradient norms before clipping (`add_grad_norm`); `result()` reports
+    their mean over the epoch's steps as "grad_norm", leaving out steps whose fp16 gradients overflowed (inf/NaN
+    norms: those steps are skipped). Every process sees the same norm, so the sum over processes keeps the mean.
+    """
 
     def __init__(self, device, task: str, num_classes: int, d: Dist = Dist()):
         self.d, self.task = d, task
@@ -30,6 +35,8 @@ class Sums:
         self.correct = torch.zeros((), device=device, dtype=torch.int64)
         self.top5 = torch.zeros((), device=device, dtype=torch.int64)
         self.n = 0
+        self.grad_norm = torch.zeros((), device=device, dtype=torch.float64)
+        self.grad_norm_steps = torch.zeros((), device=device, dtype=torch.int64)
 
     def add(self, loss, out, y):
         self.loss += loss.detach().double() * len(y)
@@ -39,11 +46,19 @@ class Sums:
                 self.top5 += (out.topk(5, 1).indices == y[:, None]).any(1).sum()
         self.n += len(y)
 
+    def add_grad_norm(self, norm):
+        finite = torch.isfinite(norm)
+        self.grad_norm += torch.where(finite, norm.detach().double(), 0.0)
+        self.grad_norm_steps += finite
+
     def result(self) -> dict:
         totals = torch.stack([self.loss, self.correct.double(), self.top5.double(),
-                              torch.tensor(float(self.n), device=self.loss.device, dtype=torch.float64)])
-        loss, correct, top5, n = all_sum(totals, self.d).tolist()
+                              torch.tensor(float(self.n), device=self.loss.device, dtype=torch.float64),
+                              self.grad_norm, self.grad_norm_steps.double()])
+        loss, correct, top5, n, grad_norm, steps = all_sum(totals, self.d).tolist()
         r = {"loss": loss / max(n, 1), "n": int(n)}
+        if steps:
+            r["grad_norm"] = grad_norm / steps
         if self.task == "classification":
             r["acc"] = correct / max(n, 1)
             if self.top5_kept:
@@ -51,10 +66,13 @@ class Sums:
         return r
 
     def state(self) -> dict:
-        return {"loss": float(self.loss), "correct": int(self.correct), "top5": int(self.top5), "n": self.n}
+        return {"loss": float(self.loss), "correct": int(self.correct), "top5": int(self.top5), "n": self.n,
+                "grad_norm": float(self.grad_norm), "grad_norm_steps": int(self.grad_norm_steps)}
 
     def load(self, state: dict) -> None:
         self.loss.fill_(state["loss"])
         self.correct.fill_(state["correct"])
         self.top5.fill_(state["top5"])
         self.n = state["n"]
+        self.grad_norm.fill_(state.get("grad_norm", 0.0))  # positions saved before grad norms were summed lack it
+        self.grad_norm_steps.fill_(state.get("grad_norm_steps", 0))

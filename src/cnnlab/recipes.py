@@ -5,8 +5,9 @@ recipe fills only what neither a config file nor a flag set, so the seed's plain
 `--schedule constant --weight-decay 0 --label-smoothing 0` trains with a constant lr and no penalty.
 
 The lr is SGD's at batch 128 and scales linearly with the batch size (Goyal et al. 2017) up to batch 1024; larger
-batches, and full-batch gradient descent, get the batch-1024 value; softmax regression's lr also falls with the
-input size (Recipe.lr_reference_inputs). AdamW takes its usual 1e-3 at any batch size.
+batches, and full-batch gradient descent, get the batch-1024 value. The batch is an optimizer step's: --batch-size
+times --accumulate. Softmax regression's lr also falls with the input size (Recipe.lr_reference_inputs). AdamW takes
+its usual 1e-3 at any batch size.
 """
 
 from dataclasses import asdict, dataclass
@@ -70,7 +71,8 @@ def apply_recipe(config, input_features: int | None = None) -> dict:
     if config.optimizer == "adamw":
         values["lr"] = ADAMW_LR
     else:
-        lr = batch_scaled_lr(recipe.lr, config.batch_size)
+        # The batch an optimizer step averages: --accumulate K is a K× batch, and gets its lr.
+        lr = batch_scaled_lr(recipe.lr, config.step_batch)
         if recipe.lr_reference_inputs and input_features:
             lr *= recipe.lr_reference_inputs / input_features
         values["lr"] = float(f"{lr:.3g}")

@@ -17,8 +17,10 @@ from cnnlab.config import END_OF_CONFIG, TrainConfig, read_toml
 from cnnlab.errors import CnnlabError
 from cnnlab.filelock import try_lock, unlock
 
+# step and elapsed_seconds are cumulative optimizer steps and seconds; grad_norm is the mean over the epoch's
+# optimizer steps of the gradients' global norm before clipping (empty without --clip-grad-norm).
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
-                  "images_per_second", "step", "elapsed_seconds"]  # cumulative optimizer steps and seconds
+                  "images_per_second", "step", "elapsed_seconds", "grad_norm"]
 TOP5_COLUMNS = ["train_top5", "val_top5"]
 
 
@@ -118,10 +120,14 @@ class RunFolder:
         return [dict(zip(header, cells)) for _, cells in rows]
 
     def append_metrics(self, row: dict, columns: list[str]) -> None:
+        """Append a row; a file that exists keeps its header, so a run begun by an older cnnlab with fewer
+        columns stays one table when resumed (the new columns are left out of it)."""
         if self.readonly:
             return
         path = self.file("metrics.csv")
-        new = not path.is_file()
+        header, _ = read_metrics(path)
+        new = not header
+        columns = columns if new else header
         with self._writing("metrics.csv"), open(path, "a", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             if new:

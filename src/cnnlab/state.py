@@ -2,6 +2,10 @@
 
 A checkpoint is `TrainState.state_dict()` plus what describes the run (config, model options, classes,
 normalisation; `Setup.describe()`), so saving and resuming cannot drift apart: they are the same two methods.
+
+Its "model" is always the weights to evaluate, so `cnnlab eval`, `cnnlab predict` and the test pass load them
+without knowing how they were made: with --ema-decay these are the averaged weights, and the weights the
+optimizer steps travel as "raw_model" beside the average's state ("ema"), for resuming.
 """
 
 import re
@@ -9,7 +13,7 @@ import warnings
 
 import torch
 
-from cnnlab.averaging import Lookahead
+from cnnlab.averaging import EMA, Lookahead
 from cnnlab.early_stopping import EarlyStopping
 from cnnlab.monitor import Monitor
 
@@ -18,15 +22,17 @@ RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "position")
 
 
 class TrainState:
-    """Model, optimizer, schedule, early stopping, Lookahead, the random streams (torch, CUDA, the training
-    loader's), the completed epochs, the best epoch so far, and — when a run stopped inside an epoch — its
-    position there (`{"epoch", "batch", "order", "sums", "lr"}`: lr is the one the epoch started with)."""
+    """Model, optimizer, schedule, early stopping, Lookahead, the weights' EMA, the random streams (torch, CUDA,
+    the training loader's), the completed epochs, the best epoch so far, and — when a run stopped inside an epoch —
+    its position there (`{"epoch", "batch", "order", "sums", "lr"}`: lr is the one the epoch started with).
+    `clip_grad_norm` (0: off) is the global gradient norm each optimizer step clips to."""
 
     def __init__(self, model, optimizer, scheduler, loader, monitor: Monitor,
                  early: EarlyStopping | None = None, lookahead: Lookahead | None = None,
-                 scaler: torch.amp.GradScaler | None = None):
+                 scaler: torch.amp.GradScaler | None = None, ema: EMA | None = None, clip_grad_norm: float = 0.0):
         self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
-        self.monitor, self.early, self.lookahead = monitor, early, lookahead
+        self.monitor, self.early, self.lookahead, self.ema = monitor, early, lookahead, ema
+        self.clip_grad_norm = clip_grad_norm
         self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)  # fp16's loss scaling; off otherwise
         self.skipped_steps = 0  # optimizer steps fp16 loss scaling skipped (gradients overflowed), all epochs
         self._skipped = None  # this epoch's count, on the device until the epoch ends
@@ -42,9 +48,16 @@ class TrainState:
             self.best = {"metric": self.monitor.metric, "value": value, "epoch": epoch}
         return improved
 
+    @property
+    def eval_model(self):
+        """The weights validation and the test pass see: the EMA's when there is one, else the model's own."""
+        return self.ema.module if self.ema else self.model
+
     def state_dict(self) -> dict:
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.eval_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "raw_model": self.model.state_dict() if self.ema else None,
+            "ema": self.ema.state_dict() if self.ema else None,
             "scheduler": self.scheduler.state_dict(),
             "early_stopping": self.early.state_dict() if self.early else None,
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
@@ -56,7 +69,10 @@ class TrainState:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        self.eval_model.load_state_dict(state["model"])
+        if self.ema:
+            self.model.load_state_dict(state["raw_model"])
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.early and state["early_stopping"]:
@@ -73,9 +89,33 @@ class TrainState:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.best, self.position = state["epoch"], state["best"], state["position"]
 
-    def step(self) -> None:
-        """One optimizer step (through the loss scaler under fp16: a step whose gradients overflowed is skipped
-        and the scale lowered), then the schedule and Lookahead."""
+    def step(self) -> torch.Tensor | None:
+        """One optimizer step on the gradients accumulated since the last: clip them (when asked), step, then the
+        schedule, Lookahead and the EMA. Returns the gradients' global norm before clipping (None without)."""
+        norm = self._clip()
+        self._optimizer_step()
+        with warnings.catch_warnings():
+            # The schedule counts steps, skipped ones too; torch warns when the very first step was skipped.
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+            self.scheduler.step()
+        if self.lookahead is not None:
+            self.lookahead.step(self.scheduler.last_epoch)
+        if self.ema is not None:
+            self.ema.update(self.model)  # after Lookahead: the average follows the weights training goes on from
+        return norm
+
+    def _clip(self) -> torch.Tensor | None:
+        """Clip the gradients' global L2 norm to clip_grad_norm; return the norm before clipping, on the device."""
+        if not self.clip_grad_norm:
+            return None
+        # Under fp16 the gradients are still multiplied by the loss scale: clip the true ones. The scaler notes the
+        # unscaling and does not repeat it in its step (and it is a no-op when fp16 loss scaling is off).
+        self.scaler.unscale_(self.optimizer)
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+
+    def _optimizer_step(self) -> None:
+        """The optimizer's step, through the loss scaler under fp16: a step whose gradients overflowed is skipped
+        and the scale lowered."""
         if self.scaler.is_enabled():
             # The scale is a device tensor; comparing it there costs no host sync (get_scale() would, every step).
             before = self.scaler._scale.clone()
@@ -85,12 +125,6 @@ class TrainState:
             self._skipped = skipped if self._skipped is None else self._skipped + skipped
         else:
             self.optimizer.step()
-        with warnings.catch_warnings():
-            # The schedule counts steps, skipped ones too; torch warns when the very first step was skipped.
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
-            self.scheduler.step()
-        if self.lookahead is not None:
-            self.lookahead.step(self.scheduler.last_epoch)
 
     def skipped_this_epoch(self) -> int:
         return int(self._skipped) if self._skipped is not None else 0

@@ -141,6 +141,7 @@ class EpochOrder:
     # (nor a process's share of one under torchrun), and dropping it would make full-batch gradients inexact.
     min_last: int = 1
     full_batch: bool = False  # every batch of an epoch adds to one gradient step (full-batch gradient descent)
+    accumulate: int = 1  # batches whose gradients add up to one optimizer step (gradient accumulation)
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_examples, self.batch_size)
@@ -149,9 +150,24 @@ class EpochOrder:
         return full + (rest > 0 and (rest >= self.min_last or full == 0))
 
     @property
+    def batches_per_step(self) -> int:
+        """Batches one optimizer step adds up: all of them for full-batch gradient descent, else `accumulate`."""
+        return len(self) if self.full_batch else self.accumulate
+
+    @property
     def steps_per_epoch(self) -> int:
-        """Optimizer steps in one pass: one per batch, or one in all for full-batch gradient descent."""
-        return 1 if self.full_batch else len(self)
+        """Optimizer steps in one pass; the last may add up fewer batches than the others."""
+        return -(-len(self) // self.batches_per_step)
+
+    def step_span(self, batch: int) -> tuple[int, int, int]:
+        """(first batch, last batch, examples) of the optimizer step that batch `batch` belongs to.
+
+        Steps are counted from the epoch's first batch, so a step never spans two epochs: when the batches do not
+        divide evenly, the epoch's last step adds up fewer of them (and averages over their fewer examples).
+        """
+        first = batch - batch % self.batches_per_step
+        last = min(first + self.batches_per_step, len(self)) - 1
+        return first, last, self.bounds(last)[1] - self.bounds(first)[0]
 
     def bounds(self, batch: int) -> tuple[int, int]:
         """Positions [start, stop) of batch `batch` in the epoch's order; the last one takes any merged rest."""

@@ -1,8 +1,21 @@
-"""Loss and accuracy curves, train vs validation, drawn from metrics.csv rows."""
+"""Loss and accuracy curves, train vs validation (and the gradient norm of runs that clip it), drawn from
+metrics.csv rows."""
 
 from pathlib import Path
 
 from matplotlib.figure import Figure  # not pyplot: no global backend switch, so a notebook keeps its own
+
+
+CURVE_LABELS = {"loss": "loss", "acc": "accuracy", "top5": "top-5 accuracy",
+                "grad_norm": "gradient norm before clipping"}
+
+
+def panel_columns(panel: str) -> list[tuple[str, str, str]]:
+    """(metrics.csv column, legend label, line style) of each curve a panel draws: a metric's train (dashed) and
+    validation (solid) columns, or grad_norm (runs with --clip-grad-norm), the training steps' and so dashed."""
+    if panel == "grad_norm":
+        return [("grad_norm", "train", "--")]
+    return [(f"train_{panel}", "train", "--"), (f"val_{panel}", "val", "-")]
 
 
 def _series(rows, key):
@@ -11,19 +24,20 @@ def _series(rows, key):
 
 
 def save_curves(rows: list[dict], path: Path, title: str = "", small: bool = False) -> Path:
-    """Two panels — loss, and accuracy when there is one — train dashed, validation solid. `small`: a figure
-    light enough to commit (docs/)."""
-    has_acc = any(r.get("train_acc") not in (None, "") for r in rows)
-    fig = Figure(figsize=(8 if has_acc else 4.5, 3.2) if small else (10 if has_acc else 5.5, 4))
-    axes = fig.subplots(1, 2 if has_acc else 1, squeeze=False)
-    panels = [("loss", axes[0][0])] + ([("acc", axes[0][1])] if has_acc else [])
-    for metric, ax in panels:
-        for split, style in (("train", "--"), ("val", "-")):
-            x, y = _series(rows, f"{split}_{metric}")
+    """Loss, accuracy when there is one, and the gradient norm before clipping when the run clipped — train
+    dashed, validation solid. `small`: a figure light enough to commit (docs/)."""
+    metrics = [m for m in ("loss", "acc", "grad_norm")
+               if m == "loss" or any(r.get(column) not in (None, "") for r in rows for column, _, _ in panel_columns(m))]
+    width = (3.5 if small else 4.5) * len(metrics) + 1
+    fig = Figure(figsize=(width, 3.2) if small else (width, 4))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for metric, ax in zip(metrics, axes):
+        for column, label, style in panel_columns(metric):
+            x, y = _series(rows, column)
             if x:
-                ax.plot(x, y, style, marker="o", markersize=3, label=split)
+                ax.plot(x, y, style, marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy" if metric == "acc" else "loss")
+        ax.set_ylabel(CURVE_LABELS[metric])
         ax.grid(alpha=0.3)
         ax.legend()
     if title:

@@ -12,9 +12,8 @@ from matplotlib.ticker import MaxNLocator
 
 from cnnlab.errors import CnnlabError
 from cnnlab.report.compare import Group, config_key, factors, format_value, group_runs, primary_metric, sort_key
+from cnnlab.report.curves import CURVE_LABELS, panel_columns
 from cnnlab.report.runs import load_runs
-
-CURVE_LABELS = {"loss": "loss", "acc": "accuracy", "top5": "top-5 accuracy"}
 
 
 class NotebookFigure(Figure):
@@ -32,8 +31,9 @@ X_AXES = {"epoch": "epoch", "step": "optimizer steps", "elapsed_seconds": "train
 def plot_runs(runs, metric: str = "val_acc", x: str = "epoch") -> Figure:
     """Overlaid curves, one colour per run, train dashed and validation solid.
 
-    The first panel is `metric`'s quantity (val_acc → accuracy, val_top5 → top-5), the second the loss; panels no
-    run has values for (accuracy of a regression run) are left out. `x` is epoch, step (cumulative optimizer steps:
+    The first panel is `metric`'s quantity (val_acc → accuracy, val_top5 → top-5), the second the loss, the third
+    the gradient norm before clipping; panels no run has values for (accuracy of a regression run, the gradient norm
+    of runs without clipping or older than the column) are left out. `x` is epoch, step (cumulative optimizer steps:
     compares GD with SGD fairly) or elapsed_seconds, from metrics.csv. Accepts run folders or Run records.
     """
     if x not in X_AXES:
@@ -41,9 +41,9 @@ def plot_runs(runs, metric: str = "val_acc", x: str = "epoch") -> Figure:
     runs = load_runs(runs)
     base = metric.split("_", 1)[1] if metric.startswith(("train_", "val_")) else metric
     if base not in CURVE_LABELS:
-        raise CnnlabError(f"unknown curve metric {metric!r}; choose one of: val_acc, val_top5, val_loss")
-    panels = [p for p in dict.fromkeys([base, "loss"])
-              if any(r.column(f"{split}_{p}") for r in runs for split in ("train", "val"))]
+        raise CnnlabError(f"unknown curve metric {metric!r}; choose one of: val_acc, val_top5, val_loss, grad_norm")
+    panels = [p for p in dict.fromkeys([base, "loss", "grad_norm"])
+              if any(r.column(column) for r in runs for column, _, _ in panel_columns(p))]
     if not panels:
         raise CnnlabError("the runs' metrics.csv files hold no epochs to plot")
     fig = NotebookFigure(figsize=(5.2 * len(panels) + 2.2, 4.2), layout="constrained")
@@ -51,8 +51,8 @@ def plot_runs(runs, metric: str = "val_acc", x: str = "epoch") -> Figure:
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         for run, colour in zip(runs, colours):
-            for split, style in (("train", "--"), ("val", "-")):
-                points = run.column(f"{split}_{panel}")
+            for column, _, style in panel_columns(panel):
+                points = run.column(column)
                 if x != "epoch":
                     position = dict(run.column(x))
                     points = [(position[e], v) for e, v in points if e in position]
