@@ -7,6 +7,8 @@ torchvision.transforms.v2.functional one image at a time. Here each op runs once
 it: images are grouped by op (one host sync per layer of ops), never looped over in Python.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -30,9 +32,10 @@ RANGES = {
 POSTERIZE_DROP = {"trivialaugment": 6, "randaugment": 4}  # bits kept fall from 8 to 8 - this over the bins
 
 
+@functools.lru_cache(maxsize=16)  # built once per image size, not once per batch
 def magnitude_table(policy: str, height: int, width: int, bins: int = NUM_BINS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(len(OPS), bins) magnitudes in float64 and which ops take a random sign. The bins are float32 linspace
-    values, as torchvision computes them, so both agree to the last bit."""
+    """(len(OPS), bins) magnitudes in float64 and which ops take a random sign, on the CPU (not to be modified).
+    The bins are float32 linspace values, as torchvision computes them, so both agree to the last bit."""
     table = torch.zeros(len(OPS), bins, dtype=torch.float64)
     names = list(OPS)
     for name, (wide, rand) in RANGES.items():
