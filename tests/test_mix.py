@@ -159,7 +159,7 @@ def test_a_run_with_mixing_and_auto_augment_resumes_exactly_and_says_how_it_meas
     assert "as timm does" in log
 
 
-def test_mixing_and_auto_augment_refuse_data_they_cannot_work_on(tmp_path):
+def test_mixing_and_auto_augment_refuse_data_they_cannot_work_on(tmp_path, monkeypatch):
     from data_fixtures import wnids, write_image_folder
 
     from cnnlab.engine import fit
@@ -170,4 +170,8 @@ def test_mixing_and_auto_augment_refuse_data_they_cannot_work_on(tmp_path):
     with pytest.raises(CnnlabError, match="--auto-augment works on datasets held in memory; imagenet is streamed"):
         fit(TrainConfig(model="mlp", dataset="imagenet", data=str(folder), auto_augment="trivialaugment",
                         out=str(tmp_path / "b")))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    monkeypatch.setattr("cnnlab.build._device", lambda config, d: torch.device("mps"))  # no float64 there
+    with pytest.raises(CnnlabError, match="Apple's MPS lacks; use --device cpu"):
+        fit(TrainConfig(model="mlp", dataset="imagenet", data=str(folder), auto_augment="trivialaugment",
+                        out=str(tmp_path / "c")))
+    assert not any((tmp_path / run).exists() for run in "abc")

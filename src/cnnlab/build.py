@@ -209,9 +209,6 @@ def _augmentation(config: TrainConfig, dataset: str, is_image: bool, device: tor
             raise CnnlabError(f"--{for_images[0].replace('_', '-')} augments images, but {config.dataset} holds "
                               "feature vectors; leave it out")
         return augment_preset("none")
-    if device.type == "mps" and config.auto_augment != "none":
-        raise CnnlabError("--auto-augment reproduces torchvision's rounding in float64, which Apple's MPS lacks; "
-                          "use --device cpu or leave it out")
     return augment_preset(config.augment or (dataset if dataset in PRESETS else "none"), **added)
 
 
@@ -277,6 +274,9 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
     recipe = apply_recipe(config)  # a resumed run's config.toml is complete: nothing to fill
     resolve_data(config.validate())
     device = _device(config, d)
+    if device.type == "mps" and config.auto_augment != "none":  # a check for training only: eval never augments
+        raise CnnlabError("--auto-augment reproduces torchvision's rounding in float64, which Apple's MPS lacks; "
+                          "use --device cpu or leave it out")
     precision = resolve_precision(config.precision, device, model_info(config.model).channels_last)
     threads = set_threads(config.threads)
     torch.manual_seed(config.seed)
