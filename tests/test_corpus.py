@@ -734,7 +734,7 @@ def test_any_file_is_a_config_or_one_cnnlab_error(values, garbage):
 NUMERIC_FLAGS = ["epochs", "batch_size", "lr", "momentum", "weight_decay", "gamma", "warmup_epochs",
                  "label_smoothing", "early_stop_delta", "early_stop_patience", "val_split", "subset", "cutout",
                  "seed", "checkpoint_every", "image_size", "resize_size", "workers", "dropout", "hidden",
-                 "milestones"]
+                 "milestones", "mixup", "cutmix", "mix_prob", "randaugment_n", "randaugment_m"]
 number_strings = st.one_of(st.integers(-10**6, 10**30).map(str), st.floats().map(repr), st.text(max_size=10),
                            st.sampled_from(["nan", "-inf", "1e400", "0x10", "1_000", "１２", "all", "", "3,", ",",
                                             "-0", "+5", " 7 ", "1e-400"]))
@@ -756,6 +756,7 @@ def test_any_numeric_flag_is_a_valid_setting_or_one_cnnlab_error(flags):
     assert config.batch_size == "all" or (isinstance(config.batch_size, int) and config.batch_size >= 1)
     assert 0 < config.lr < float("inf") and 0 <= config.momentum < 1 and 0 <= config.val_split < 1
     assert 0 < config.gamma <= 1 and config.checkpoint_every >= 1
+    assert config.mixup >= 0 and config.cutmix >= 0 and 0 < config.mix_prob <= 1 and 0 <= config.randaugment_m <= 30
 
 
 safe_text = st.text(alphabet=string.ascii_letters + string.digits + " ./_-\\\"'é", max_size=20)
@@ -769,7 +770,9 @@ valid_configs = st.builds(
     st.integers(1, 2**62), lr=st.floats(1e-12, 1e6), momentum=st.floats(0, 0.99), weight_decay=finite,
     milestones=st.lists(st.integers(0, 10**6), max_size=3), gamma=st.floats(1e-6, 1), warmup_epochs=st.floats(0, 1),
     label_smoothing=st.floats(0, 0.99), early_stop_delta=finite, seed=st.integers(0, 2**62), out=st.none() | safe_text,
-    checkpoint_every=st.integers(1, 10**6))
+    checkpoint_every=st.integers(1, 10**6), mixup=finite, cutmix=finite, mix_prob=st.floats(1e-6, 1),
+    auto_augment=st.sampled_from(["none", "trivialaugment", "randaugment"]), randaugment_n=st.integers(1, 16),
+    randaugment_m=st.integers(0, 30))
 
 
 @PROPERTY

@@ -19,7 +19,7 @@ from cnnlab.averaging import EMA, Lookahead
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
 from cnnlab.data import load_dataset, split_train_val
-from cnnlab.data.loader import PRESETS, DeviceLoader, augment_preset, channel_stats
+from cnnlab.data.loader import PRESETS, Augment, DeviceLoader, augment_preset, channel_stats
 from cnnlab.distributed import Dist, broadcast
 from cnnlab.early_stopping import EarlyStopping
 from cnnlab.errors import CnnlabError
@@ -131,6 +131,8 @@ class Data:
     notes: dict = field(default_factory=dict)
 
 
+# Settings that add to whichever augmentation preset a run uses, when set to other than their default.
+ADDED_AUGMENTATION = ("cutout", "auto_augment", "randaugment_n", "randaugment_m", "mixup", "cutmix", "mix_prob")
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -166,6 +168,10 @@ def _streamed_data(config: TrainConfig, device: torch.device, dtype, d: Dist) ->
     """ImageNet-style folders: decoded by DataLoader workers, normalised on the device with ImageNet statistics."""
     from cnnlab.data.stream import StreamingImageFolder, StreamLoader
 
+    batched = sorted(set(_added_augmentation(config)) & {"auto_augment", "mixup", "cutmix"})
+    if batched:
+        raise CnnlabError(f"--{batched[0].replace('_', '-')} works on datasets held in memory; {config.dataset} is "
+                          "streamed from disk, so leave it out")
     root = Path(config.data).expanduser()
     sizes = (config.image_size, config.resize_size)
     train_set = StreamingImageFolder(root / "train", True, *sizes, seed=config.seed)
@@ -194,20 +200,37 @@ def _resident_data(config: TrainConfig, device: torch.device, dtype, d: Dist) ->
     train_idx, val_idx = _split(config, y)
     is_image = x.dtype == np.uint8
     mean, std = channel_stats(x[train_idx]) if is_image else (None, None)
-    # The dataset's preset unless --augment names another; --cutout adds to whichever it is.
-    preset = config.augment or (ds.name if ds.name in PRESETS else "none")
-    augment = augment_preset(preset, **({"cutout": config.cutout} if config.cutout else {}))
+    augment = _augmentation(config, ds.name, is_image, device)
     batch, eval_batch = _batch_sizes(config, len(train_idx))
     common = {"device": device, "mean": mean, "std": std, "dtype": dtype,
               "channels_last": _wants_channels_last(config.model, device), "rank": d.rank,
               "world_size": d.world_size}
     train = DeviceLoader(x[train_idx], y[train_idx], batch_size=batch, train=True,
-                         augment=augment if is_image else augment_preset("none"), seed=config.seed, **common)
+                         augment=augment, seed=config.seed, num_classes=len(ds.classes), **common)
     val = DeviceLoader(x[val_idx], y[val_idx], batch_size=eval_batch, **common) if len(val_idx) else None
     keep_test = _subset(len(ds.test.labels), config.test_subset)
     test = DeviceLoader(ds.test.images[keep_test], ds.test.labels[keep_test], batch_size=eval_batch, **common)
     return Data(train, val, test, ds.classes, ds.task, tuple(x.shape[1:]), mean, std, len(train_idx),
                 dict(ds.notes, augment=str(augment)))
+
+
+def _added_augmentation(config: TrainConfig) -> dict:
+    """The augmentation settings that add to a preset (ADDED_AUGMENTATION) which the config sets."""
+    return {name: getattr(config, name) for name in ADDED_AUGMENTATION
+            if getattr(config, name) != getattr(Augment(), name)}
+
+
+def _augmentation(config: TrainConfig, dataset: str, is_image: bool, device: torch.device) -> Augment:
+    """The dataset's preset unless --augment names another, plus --cutout, --auto-augment and mixing; feature
+    vectors get none."""
+    added = _added_augmentation(config)
+    if not is_image:
+        for_images = sorted(set(added) - {"cutout"})
+        if for_images:
+            raise CnnlabError(f"--{for_images[0].replace('_', '-')} augments images, but {config.dataset} holds "
+                              "feature vectors; leave it out")
+        return augment_preset("none")
+    return augment_preset(config.augment or (dataset if dataset in PRESETS else "none"), **added)
 
 
 @dataclass
@@ -271,6 +294,9 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
         run, checkpoint, config, rewrite_config = _reopen(resume, config, d, stack)
     resolve_data(config.validate(), say=print if d.is_main else lambda line: None)
     device = _device(config, d)
+    if device.type == "mps" and config.auto_augment != "none":  # a check for training only: eval never augments
+        raise CnnlabError("--auto-augment reproduces torchvision's rounding in float64, which Apple's MPS lacks; "
+                          "use --device cpu or leave it out")
     precision = resolve_precision(config.precision, device, model_info(config.model).channels_last)
     threads = set_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -302,6 +328,8 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
         if recipe:
             setup.say(describe_recipe(config.model, recipe))
         setup.say(describe_method(config, data))
+        if getattr(data.train, "mixer", None):
+            setup.say(data.train.mixer.describe())
         setup.say(describe_machine(setup))
         return setup, state
     state.load_state_dict(checkpoint)

@@ -47,6 +47,17 @@ class TrainConfig:
                                        "(summary.json records test_size)")
     augment: str | None = _f(None, "augmentation preset (default: the dataset's; `none` switches it off)")
     cutout: int = _f(0, "cutout square size in pixels (0 = off)")
+    auto_augment: str = _f("none", "automatic augmentation on the device after the preset's crop and flip, its own "
+                                   "op and magnitude per image: trivialaugment (TrivialAugment Wide) or randaugment",
+                           ("none", "trivialaugment", "randaugment"))
+    randaugment_n: int = _f(2, "randaugment: ops applied to each image, one after another")
+    randaugment_m: int = _f(9, "randaugment: magnitude of every op, a bin from 0 (none) to 30 (strongest)")
+    mixup: float = _f(0.0, "mixup α: each training image is blended with its neighbour in the batch by λ ~ Beta(α, α) "
+                           "and so is its target (0 = off; 0.2 is common)")
+    cutmix: float = _f(0.0, "CutMix α: each training image gets a box of its neighbour's pixels, λ ~ Beta(α, α) "
+                            "corrected to the box's area (0 = off; 1.0 is common). With --mixup as well, each mixed "
+                            "batch uses one of the two, chosen with probability ½ (as timm does)")
+    mix_prob: float = _f(1.0, "share of training batches that --mixup/--cutmix mix")
     cache_dir: str | None = _f(None, "prepared-dataset cache (default: ~/.cache/cnnlab)")
     image_size: int = _f(224, "streamed datasets (imagenet): training crop and evaluation centre-crop size")
     resize_size: int = _f(256, "streamed datasets: the shorter side is resized to this before the centre crop")
@@ -139,7 +150,8 @@ class TrainConfig:
         need(self.epochs >= 1, "epochs", "use a positive integer")
         need(self.batch_size == "all" or (isinstance(self.batch_size, int) and self.batch_size >= 1), "batch_size",
              "use a positive integer or `all`")
-        for name in ("lr", "weight_decay", "early_stop_delta", "warmup_epochs", "cutout", "lookahead_epoch"):
+        for name in ("lr", "weight_decay", "early_stop_delta", "warmup_epochs", "cutout", "lookahead_epoch", "mixup",
+                     "cutmix"):
             value = getattr(self, name)
             need(value is None or isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,
                  "use a finite number ≥ 0")
@@ -157,6 +169,9 @@ class TrainConfig:
              "use a number in [0, 1)")
         need(0 <= self.val_split < 1, "val_split", "use a fraction in [0, 1)")
         need(0 < self.gamma <= 1, "gamma", "use a number in (0, 1]")
+        need(0 < self.mix_prob <= 1, "mix_prob", "use a number in (0, 1]")
+        need(1 <= self.randaugment_n <= 16, "randaugment_n", "use an integer from 1 to 16")
+        need(0 <= self.randaugment_m <= 30, "randaugment_m", "use an integer from 0 to 30 (magnitude bins)")
         need(isinstance(self.norm_lr_scale, (int, float)) and 0 < self.norm_lr_scale <= 1e6, "norm_lr_scale",
              "use a number in (0, 1e6]")
         need(self.early_stop_patience >= 1, "early_stop_patience", "use a positive integer")

@@ -15,6 +15,9 @@ def has_top5(task: str, num_classes: int) -> bool:
 
 
 def loss_fn(task: str, label_smoothing: float = 0.0):
+    """½ squared error for regression; cross-entropy for classification, whose targets are labels (N,) or class
+    probabilities (N, classes), the soft targets of mixup/CutMix. F.cross_entropy smooths either kind the same
+    way, target·(1 - ε) + ε/classes, so smoothing composes with mixing."""
     if task == "regression":
         return lambda out, y: 0.5 * (out - y).square().mean()  # the seed's ½(ŷ − y)², averaged
     return lambda out, y: F.cross_entropy(out, y, label_smoothing=label_smoothing)
@@ -39,8 +42,12 @@ class Sums:
         self.grad_norm_steps = torch.zeros((), device=device, dtype=torch.int64)
 
     def add(self, loss, out, y):
+        """Add a batch. Soft targets (N, classes) of a mixed batch count accuracy against each image's dominant
+        label, the larger λ part (a tie at λ = ½ goes to the lower class index)."""
         self.loss += loss.detach().double() * len(y)
         if self.task == "classification":
+            if y.ndim == 2:
+                y = y.argmax(1)
             self.correct += (out.argmax(1) == y).sum()
             if self.top5_kept:
                 self.top5 += (out.topk(5, 1).indices == y[:, None]).any(1).sum()

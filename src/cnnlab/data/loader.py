@@ -1,7 +1,8 @@
 """The in-memory loader: a uint8 dataset moved to the device once, shuffled and augmented there in batches.
 
 Nothing per-image happens in Python: a batch is one gather from the resident tensor, a batched random crop (one
-more gather), a batched flip and cutout, and one fused normalisation into the model's dtype and memory format.
+more gather), a batched flip, automatic augmentation and cutout, one fused normalisation into the model's dtype and
+memory format, and mixup/CutMix of the normalised batch.
 The same code runs on the CPU, which is what the tests exercise.
 """
 
@@ -11,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlab.data.autoaugment import auto_augment
+from cnnlab.data.mix import Mixer
 from cnnlab.errors import CnnlabError
 
 
@@ -20,13 +23,24 @@ class Augment:
     at its border with `reflect`), horizontal flip, and cutout of a `cutout`×`cutout` square (DeVries & Taylor
     2017). `flip` mirrors each image with probability 0.5 every epoch; with `alternate_flip` each image is
     mirrored at random in the first epoch and then in every other epoch exactly opposite to that, so every
-    two epochs show both orientations (Jordan, arXiv:2404.00498). 0/False switch each off."""
+    two epochs show both orientations (Jordan, arXiv:2404.00498). 0/False switch each off.
+
+    `auto_augment` ("trivialaugment" or "randaugment" with `randaugment_n` ops at magnitude `randaugment_m` of
+    0…30; autoaugment.py) runs after crop and flip and before cutout, as in torchvision's recipes. `mixup` and
+    `cutmix` (Beta α; 0 = off) mix a `mix_prob` share of the normalised batches and make the targets soft (mix.py).
+    """
 
     crop_padding: int = 0
     flip: bool = False
     cutout: int = 0
     reflect: bool = False
     alternate_flip: bool = False
+    auto_augment: str = "none"
+    randaugment_n: int = 2
+    randaugment_m: int = 9
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
 
 
 PRESETS = {
@@ -201,18 +215,21 @@ class DeviceLoader(EpochOrder):
     """Batches (x, y) of an in-memory dataset that lives on `device`.
 
     Training loaders draw a fresh permutation each epoch and augment each batch; evaluation loaders keep the order
-    and only normalise. Float feature arrays (synthetic-linear) are batched as they are.
+    and only normalise. Float feature arrays (synthetic-linear) are batched as they are. A training loader that
+    mixes (`augment.mixup` / `augment.cutmix`, which need `num_classes`) yields (N, num_classes) soft targets in
+    place of labels.
 
     Distributed (world_size > 1): `batch_size` is the global batch; every rank draws the same permutation from
     `generator` (same seed) and takes its share `[rank::world_size]` of each global batch, so the ranks' shards are
     disjoint and together are exactly the single-process batch. Augmentation draws from `aug_generator`, seeded per
-    rank. `state_dict()` / `load_state_dict()` carry both generators across a resume.
+    rank, and so does mixing (its own host generator). `state_dict()` / `load_state_dict()` carry all three
+    across a resume.
     """
 
     def __init__(self, images, labels, *, batch_size: int, device="cpu", train: bool = False,
                  augment: Augment = Augment(), mean=None, std=None, dtype=torch.float32,
                  channels_last: bool = True, drop_last: bool = False, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, num_classes: int | None = None):
         if batch_size < 1:
             raise CnnlabError(f"batch size must be a positive integer, got {batch_size}")
         self.device = torch.device(device)
@@ -230,6 +247,7 @@ class DeviceLoader(EpochOrder):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.aug_generator = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
+        self.mixer = mixer(augment, num_classes, seed, rank) if train and self.is_image else None
 
     @property
     def num_examples(self) -> int:
@@ -240,7 +258,8 @@ class DeviceLoader(EpochOrder):
         for b in range(first, len(self)):
             start, stop = self.bounds(b)
             idx = self.order[start:stop][self.rank::self.world_size]
-            yield self.model_input(self.images[idx], idx), self.labels[idx]
+            x, y = self.model_input(self.images[idx], idx), self.labels[idx]
+            yield self.mixer(x, y) if self.mixer else (x, y)
 
     def model_input(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Augment (when training) and normalise one batch of the resident images (`idx`: their indices)."""
@@ -253,6 +272,9 @@ class DeviceLoader(EpochOrder):
                 x = flip_where(x, self.first_flips()[idx] ^ (self.epochs_started % 2 == 0))
             elif self.augment.flip:
                 x = random_flip(x, self.aug_generator)
+            if self.augment.auto_augment != "none":
+                x = auto_augment(x, self.augment.auto_augment, self.aug_generator, self.augment.randaugment_n,
+                                 self.augment.randaugment_m)
             if self.augment.cutout:
                 x = cutout(x, self.augment.cutout, self.aug_generator)
         return to_model_input(x, self.mean, self.std, self.dtype, self.channels_last)
@@ -270,10 +292,21 @@ class DeviceLoader(EpochOrder):
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "aug_generator": self.aug_generator.get_state(),
-                "epochs_started": self.epochs_started}
+                "epochs_started": self.epochs_started, "mixer": self.mixer.state_dict() if self.mixer else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         if "aug_generator" in state:
             self.aug_generator.set_state(state["aug_generator"])
+        if self.mixer and state.get("mixer"):
+            self.mixer.load_state_dict(state["mixer"])
         self.epochs_started = state.get("epochs_started", self.epochs_started)
+
+
+def mixer(augment: Augment, num_classes: int | None, seed: int, rank: int) -> Mixer | None:
+    """The training loader's Mixer when `augment` mixes (None when it does not)."""
+    if not (augment.mixup or augment.cutmix):
+        return None
+    if not num_classes:
+        raise CnnlabError("mixup and CutMix make soft targets over the classes: give the loader num_classes")
+    return Mixer(num_classes, augment.mixup, augment.cutmix, augment.mix_prob, seed, rank)
