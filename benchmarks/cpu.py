@@ -1,6 +1,6 @@
 """cnnlab's default training step on the CPU against plain fp32 PyTorch, model by model, in the same run.
 
-cnnlab: `cnnlab.engine.step_function(TrainConfig(model=name, lr=LR), ...)` — the engine's own minibatch step with
+cnnlab: `cnnlab.engine.step_function(TrainConfig(model=name, lr=LR, …), ...)` — the engine's own minibatch step with
 its defaults: precision auto (for convolutional models bf16 autocast on a CPU that computes bf16 natively,
 AVX512-BF16 or AMX; fp32 on one that does not, and for the MLP), channels_last memory for convolutional models
 (the batch too, as the engine's loader hands it), SGD with momentum 0.9 through cnnlab's optimizer, cross-entropy. Reference: the same architecture with the same
@@ -71,7 +71,8 @@ def compare(name, options, batch, warmup, rounds, steps, device):
     reference = copy.deepcopy(model)  # before the engine moves the original to channels_last
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))
-    config = TrainConfig(model=name, lr=LR)
+    # Exactly the plain step's method: no decay, constant lr (what the model's default recipe would add is not timed).
+    config = TrainConfig(model=name, lr=LR, weight_decay=0.0, schedule="constant", label_smoothing=0.0)
     ours = step_function(config, model, device)
     x_ours = x.contiguous(memory_format=input_format(model))
     sides = {"cnnlab": lambda: ours(x_ours, y), "reference": plain_step(reference, x, y, config.lr, config.momentum)}

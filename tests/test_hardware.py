@@ -67,7 +67,7 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
 def test_an_overflowing_fp16_step_is_skipped_not_applied():
     torch.manual_seed(0)
     model = create_model("softmax", 3, in_channels=1, image_size=4)
-    config = TrainConfig(model="softmax", precision="fp16", lr=0.1, momentum=0.0)
+    config = TrainConfig(model="softmax", precision="fp16", lr=0.1, momentum=0.0, schedule="constant")
     setup, state = bare_setup(config, model, CPU)
     assert state.scaler.is_enabled() and setup.precision.name == "fp16"
     x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
