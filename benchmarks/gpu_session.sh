@@ -1,53 +1,80 @@
 #!/usr/bin/env bash
-# Everything issue 6 needs from a GPU, in two calls that each fit one 10-minute device command (A at most ~8 min,
-# B ~7 min; with a 15-minute device budget run A first, and B in the same warm lease only if time is left):
-#   bash benchmarks/gpu_session.sh A    # the gpu tests, the speedrun (warm-up + 5 seeds + reference), the seed experiment
-#   bash benchmarks/gpu_session.sh B    # throughput/MFU (eager and compiled) and the data/loader benchmark
+# Everything issue 18 needs from a GPU, in one device call, the most important numbers first:
+#   bash benchmarks/gpu_session.sh          # all: tests, speedrun, seed experiment, throughput/MFU, the seed's four
+#   bash benchmarks/gpu_session.sh A        # only the tests, the speedrun and the seed experiment
+#   bash benchmarks/gpu_session.sh B        # only throughput/MFU (eager and compiled) and the data/loader benchmark
+# No step starts past $DEADLINE seconds (default 450) and each is cut at its own limit or the deadline, so the call
+# ends inside a device command's timeout with what it measured; a step that fails or runs out is reported and the
+# next one still runs. Each step logs to $OUT/NAME.log as it goes (a killed call still returns them), $OUT/steps.txt
+# says how each ended, and the seed report's run folders come back as $OUT/seed-report.tgz (8 files at most).
 # It runs from the repository root with the machine's own python3/PyTorch (PYTHONPATH=src, nothing installed) and
-# reads CIFAR-10 from $CIFAR (default .data/cifar10-jpeg.tar.gz: copy ../shared/datasets/cifar10-jpeg.tar.gz there,
-# list .data/ in .git/info/exclude and carry it). Logs go to $OUT (default /tmp/gpu-session), one per step; a
-# step that fails or runs out of its time is reported and the next one still runs.
+# reads its data from $DATA (default .data/, holding cifar10-jpeg.tar.gz and tiny-imagenet-200-train100.tar.gz
+# copied from ../shared/datasets; .data/ is git-ignored: name it in the device call's carry).
 # Try it on the CPU first: DEVICE=cpu QUICK=--quick bash benchmarks/gpu_session.sh A
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STAGE=${1:-A}
+STAGE=${1:-all}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-}
-CIFAR=${CIFAR:-.data/cifar10-jpeg.tar.gz}
+DATA=${DATA:-.data}
+CIFAR=$DATA/cifar10-jpeg.tar.gz
 OUT=${OUT:-/tmp/gpu-session}
 PY=${PY:-python3}
 CACHE=${CACHE:-/tmp/cnnlab-cache}
+DEADLINE=${DEADLINE:-450}
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, say how it ended
+step() {  # step NAME SECONDS COMMAND...: run with a time limit (cut at the deadline), log to $OUT/NAME.log
     local name=$1 limit=$2
     shift 2
+    local left=$((DEADLINE - SECONDS))
+    if ((left < 20)); then
+        echo "== $name: skipped at $SECONDS s (deadline $DEADLINE s)" | tee -a "$OUT/steps.txt"
+        return
+    fi
+    ((limit > left)) && limit=$left
     local start=$SECONDS
-    timeout -k 15 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
     echo "== $name: exit $rc after $((SECONDS - start)) s (limit $limit s)" | tee -a "$OUT/steps.txt"
-    tail -n 12 "$OUT/$name.log"
+    tail -n 14 "$OUT/$name.log"
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
   $PY -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available())"
-  git rev-parse --short HEAD 2>/dev/null; } >"$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+  git rev-parse --short HEAD 2>/dev/null; nproc; } >"$OUT/steps.txt" 2>&1
+cat "$OUT/steps.txt"
+
+tests() {
+    step gpu_tests 150 $PY -m pytest -q -m gpu -rP -p no:cacheprovider tests/test_gpu.py
+}
+speed() {
+    step speedrun 120 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE"
+    step seed_experiment 90 $PY benchmarks/seed_experiment.py --device "$DEVICE" $QUICK --data "$CIFAR" \
+        --cache-dir "$CACHE"
+}
+throughput() {
+    step throughput 150 $PY benchmarks/throughput.py --device "$DEVICE" $QUICK
+}
+seed_report() {  # the seed's four experiments (RESULTS.md), on this device
+    local epochs=()
+    [[ -n $QUICK ]] && epochs=(--set epochs=1 --set subset=2000 --set test_subset=500)
+    step seed_report 150 $PY -m cnnlab sweep seed-report --data-root "$DATA" --set "device=\"$DEVICE\"" \
+        --set "cache_dir=\"$CACHE\"" "${epochs[@]}"
+    tar czf "$OUT/seed-report.tgz" --exclude '*.pt' runs/seed-report 2>/dev/null
+}
+data() {
+    step data 90 $PY benchmarks/data.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE"
+}
 
 case $STAGE in
-A)
-    step gpu_tests 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
-    step speedrun 200 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE"
-    step seed_experiment 120 $PY benchmarks/seed_experiment.py --device "$DEVICE" $QUICK --data "$CIFAR" \
-        --cache-dir "$CACHE"
-    ;;
-B)
-    step throughput 300 $PY benchmarks/throughput.py --device "$DEVICE" $QUICK
-    step data 120 $PY benchmarks/data.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE"
-    ;;
+all) tests; speed; throughput; seed_report; data ;;
+A) tests; speed ;;
+B) throughput; data ;;
 *)
-    echo "usage: benchmarks/gpu_session.sh A|B" >&2
+    echo "usage: benchmarks/gpu_session.sh [all|A|B]" >&2
     exit 2
     ;;
 esac
+echo "== finished at $SECONDS s" | tee -a "$OUT/steps.txt"

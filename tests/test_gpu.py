@@ -63,18 +63,22 @@ SPEEDRUN = {"hidden": [16, 32, 32], "augment": "speedrun", "lookahead_epoch": 2,
             "norm_lr_scale": 64.0, "decay_all": True}
 
 
-@pytest.mark.parametrize("model,extra,compile", [("speednet", SPEEDRUN, False), ("speednet", SPEEDRUN, True),
-                                                 ("resnet18", {}, False), ("vgg11_bn", {}, False)])
-def test_bf16_channels_last_runs_on_cuda(tmp_path, model, extra, compile):
+@pytest.mark.parametrize("model,extra,compile,precision", [
+    ("speednet", SPEEDRUN, False, "bf16"), ("speednet", SPEEDRUN, True, "bf16"), ("resnet18", {}, False, "bf16"),
+    ("vgg11_bn", {}, False, "bf16"), ("resnet18", {}, False, "fp16")])  # fp16: autocast + GradScaler, as on a T4
+def test_bf16_channels_last_runs_on_cuda(tmp_path, model, extra, compile, precision):
     folder, _ = write_image_folder(tmp_path / "tree", per_class=20)
     config = TrainConfig(model=model, dataset="cifar10", data=str(folder), cache_dir=str(tmp_path / "cache"),
-                         epochs=3, batch_size=32, lr=0.05, momentum=0.9, precision="bf16", compile=compile,
+                         epochs=3, batch_size=32, lr=0.05, momentum=0.9, precision=precision, compile=compile,
                          device="cuda", val_split=0.2, out=str(tmp_path / "run"), **extra)
     summary = json.loads((fit(config).path / "summary.json").read_text())
     assert summary["device"] == torch.cuda.get_device_name(0)
     assert np.isfinite(summary["test_loss"]) and summary["train_seconds"] > 0
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4  # header + 3 epochs
+    assert summary["precision"].startswith(precision), summary["precision"]
+    if precision == "fp16":  # the loss scaler travels in the checkpoint, as resume needs
+        assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]["scale"] > 0
 
 
 def test_whitening_init_on_cuda_matches_the_cpu():
@@ -88,3 +92,67 @@ def test_whitening_init_on_cuda_matches_the_cpu():
     # Eigenvectors are defined up to sign and, for close eigenvalues, up to rotation; WᵀW = 2 (C + εI)⁻¹ is not.
     a, b = cpu.whiten.weight.flatten(1), gpu.whiten.weight.cpu().flatten(1)
     assert torch.allclose(a.T @ a, b.T @ b, rtol=1e-3, atol=1e-3)
+
+
+def test_a_batch_too_large_for_the_card_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """After epoch 1 a hog takes nearly all the card's free memory, so epoch 2's first step runs out of it."""
+    import cnnlab.engine as engine
+
+    folder, _ = write_image_folder(tmp_path / "tree", per_class=20)
+    real, hog = engine.record_epoch, []
+
+    def record_epoch(*args, **kwargs):
+        row = real(*args, **kwargs)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info()
+        hog.append(torch.empty(free - (64 << 20), dtype=torch.uint8, device="cuda"))
+        return row
+
+    monkeypatch.setattr(engine, "record_epoch", record_epoch)
+    config = TrainConfig(model="resnet18", dataset="cifar10", data=str(folder), cache_dir=str(tmp_path / "cache"),
+                         epochs=3, batch_size=128, precision="bf16", device="cuda", val_split=0.2,
+                         out=str(tmp_path / "run"))
+    try:
+        with pytest.raises(engine.CnnlabError) as error:
+            fit(config)
+    finally:
+        hog.clear()
+        torch.cuda.empty_cache()
+    message = str(error.value)
+    assert message.startswith("CUDA out of memory at batch 128: try --batch-size 64"), message
+    assert "\n" not in message and "last.pt" in message
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def _sync_warnings(tmp_path, name, per_class, **settings):
+    """Where the host waited for the GPU during one 2-epoch run: {file:line: count}, from sync-debug warnings."""
+    import collections
+    import warnings
+
+    folder, _ = write_image_folder(tmp_path / f"tree-{per_class}", per_class=per_class)
+    config = TrainConfig(model="speednet", hidden=[8, 16, 16], dataset="cifar10", data=str(folder),
+                         cache_dir=str(tmp_path / "cache"), epochs=2, batch_size=16, lr=0.05, precision="bf16",
+                         device="cuda", val_split=0.2, out=str(tmp_path / name), **settings)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit(config)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return collections.Counter(f"{w.filename.split('/src/')[-1]}:{w.lineno}" for w in caught
+                               if "synchronizing" in str(w.message))
+
+
+@pytest.mark.parametrize("settings", [{}, {"ema_decay": 0.99, "clip_grad_norm": 1.0}], ids=["plain", "ema+clip"])
+def test_training_steps_do_not_wait_for_the_gpu(tmp_path, settings):
+    """The host may wait per epoch (metrics, validation, checkpoints), never per step: twice the steps (10 → 20 an
+    epoch), the same waits. EMA and clipping must keep it so (AveragedModel's own update reads n_averaged on the
+    host each step; cnnlab's does not)."""
+    fewer = _sync_warnings(tmp_path, "fewer", 25, **settings)   # 250 images: 200 train → 13 steps an epoch
+    more = _sync_warnings(tmp_path, "more", 50, **settings)     # 500 images: 400 train → 25 steps an epoch
+    grown = {where: more[where] - fewer.get(where, 0) for where in more if more[where] > fewer.get(where, 0)}
+    print("sync points (2 epochs, 13 steps an epoch):", dict(fewer))
+    print("grew with the steps:", grown)
+    assert sum(grown.values()) < 2 * 12 / 2, grown  # a per-step wait would add ≥ 24 over the 2 epochs

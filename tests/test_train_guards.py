@@ -135,3 +135,27 @@ def test_predict_preprocesses_a_streamed_run_as_its_evaluation_did():
     assert torch.equal(x, eval_transform(image, 224, 256)[None].float())  # resize 256, centre crop 224
     squashed = _as_evaluated(image, {"dataset": "cifar10"}, 224, 224, 3)
     assert not torch.equal(x, squashed)  # the in-memory path resizes the whole image instead
+
+
+def test_out_of_memory_is_one_line_naming_a_smaller_batch_and_the_last_checkpoint_stays(tmp_path, tree, capsys,
+                                                                                         monkeypatch):
+    # A real OOM needs a GPU (tests/test_gpu.py makes one); here the second epoch's first forward raises it.
+    import cnnlab.engine as engine
+
+    real, calls = engine.forward_backward, []
+
+    def forward_backward(setup, state, x, y, weight):
+        calls.append(state.epoch)
+        if state.epoch == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(setup, state, x, y, weight)
+
+    monkeypatch.setattr(engine, "forward_backward", forward_backward)
+    code = train(tmp_path, "--model", "mlp", "--data", tree, "--batch-size", "8", "--epochs", "3")
+    err = one_error(capsys, code)
+    assert "CPU out of memory at batch 8: try --batch-size 4" in err and "last.pt" in err and "epoch 1" in err
+    run = tmp_path / "run"
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert "out of memory" in (run / "log.txt").read_text()
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1
+    assert calls.count(1) == 1  # the failing step was not retried

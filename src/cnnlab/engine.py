@@ -17,6 +17,7 @@ from cnnlab.build import Setup, bare_setup, start
 from cnnlab.config import TrainConfig
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.distributed import Dist, any_true, barrier
+from cnnlab.errors import CnnlabError
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.interrupt import StopRequest
 from cnnlab.metrics import Sums, has_top5, loss_fn
@@ -26,6 +27,7 @@ from cnnlab.runs import METRIC_COLUMNS, TOP5_COLUMNS, RunFolder, environment
 from cnnlab.state import TrainState
 from cnnlab.tta import tta_logits
 
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError: ≥ 2.5
 DIST_STOP_CHECK_EVERY = 16  # optimizer steps between the ranks' checks for a stop request (SIGINT/SIGTERM)
 
 
@@ -130,7 +132,7 @@ def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None)
         with contextlib.ExitStack() as stack:
             setup, state = start(config, resume, d, stack)
             stop_reason = None
-            with StopRequest(should_stop) as stop:
+            with StopRequest(should_stop) as stop, _out_of_memory_is_one_line(setup, state):
                 for epoch in range(state.epoch + 1, setup.config.epochs + 1):
                     stop_reason = run_epoch(setup, state, stop, epoch)
                     if stop_reason:
@@ -182,6 +184,24 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) ->
         setup.say(f"early stopping after epoch {epoch}: {reason}")
         return f"early stopping after epoch {epoch}: {reason}"
     return None
+
+
+@contextlib.contextmanager
+def _out_of_memory_is_one_line(setup: Setup, state: TrainState):
+    """A batch too large for the device ends the run with one line naming a batch size to try, not a traceback.
+
+    Nothing is saved: the failed step may have left gradients or optimizer state half-updated, so the run folder
+    keeps the checkpoints of its last complete epoch, which `--resume` continues from.
+    """
+    try:
+        yield
+    except OUT_OF_MEMORY:
+        size = setup.config.batch_size
+        kept = [name for name in ("last.pt", "best.pt") if setup.run.file(name).exists()]
+        reason = (f"{setup.device.type.upper()} out of memory at batch {size}: try --batch-size {max(1, size // 2)}"
+                  + (f" (the run folder keeps {' and '.join(kept)} from epoch {state.epoch})" if kept else ""))
+        setup.run.log(reason)  # the CLI prints it, once
+        raise CnnlabError(reason) from None
 
 
 def _leave(setup: Setup, stop: StopRequest, where: str):
