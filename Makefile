@@ -55,6 +55,7 @@ bench: setup
 	@if [ -f $(CIFAR) ]; then \
 		$(PY) benchmarks/data.py $(BENCH_ARGS) --data $(CIFAR) && \
 		$(PY) benchmarks/seed_experiment.py $(BENCH_ARGS) --data $(CIFAR) && \
+		$(PY) benchmarks/seed_recipe_grid.py $(BENCH_ARGS) --data $(CIFAR) && \
 		$(PY) benchmarks/speedrun.py $(BENCH_ARGS) --data $(CIFAR); \
 	else echo "bench: $(CIFAR) not found, so data.py, seed_experiment.py and speedrun.py are skipped" \
 		"(point DATA= at the datasets folder)"; fi

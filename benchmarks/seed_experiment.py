@@ -5,7 +5,7 @@ turns each uint8 image into a PIL image (as torchvision.datasets.CIFAR10 does), 
 RandomCrop(32, padding=4) / RandomHorizontalFlip / ToTensor / Normalize in DataLoader workers (8 on a GPU machine,
 one per core on the CPU; pinned memory on a GPU), batch 128, fp32, SGD momentum 0.9 with weight decay 5e-4 on every
 parameter, OneCycleLR (benchmarks/common.py). cnnlab: `cnnlab.engine.fit` with its fast settings (data resident on
-the device, batched augmentation, batch 512, Nesterov, one-cycle, label smoothing 0.1, bf16 autocast and
+the device, batched augmentation, batch 256 at lr 0.2 (seed_recipe_grid.py), Nesterov, one-cycle, label smoothing 0.1, bf16 autocast and
 channels_last on a GPU), no held-out validation split so both train on the same 50,000 images. Both build the model
 with `cnnlab.create_model`, run the same number of epochs and end with one pass over the 10,000 test images.
 

@@ -105,7 +105,7 @@ def main():
     # steps, so the loss could not tell a step that trains from one that does not.
     config = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
                          label_smoothing=0.1, schedule="constant", precision=args.precision)
-    set_deterministic(config.deterministic)  # as fit does: cuDNN autotunes its kernels for the fixed shapes
+    set_deterministic(config.deterministic, config.autotune)  # as fit does
     precision = resolve_precision(config.precision, device)
     print(f"{describe_device(device)}; precision {precision.name} ({precision.reason}); batch {batch}; {warmup} "
           f"warm-up + {steps} timed steps; peak {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (MFU n/a)'}")

@@ -393,7 +393,7 @@ def _device(config: TrainConfig, d: Dist) -> torch.device:
     device = resolve_device(config.device)
     if device.type == "cuda" and d.enabled:
         device = torch.device("cuda", d.local_rank)
-    set_deterministic(config.deterministic)  # else cuDNN autotunes: fixed shapes, so it picks its kernels once
+    set_deterministic(config.deterministic, config.autotune)
     return device
 
 
@@ -470,7 +470,8 @@ def describe_machine(setup: Setup) -> str:
     line = f"precision {setup.precision.name} ({setup.precision.reason}); {setup.threads} CPU threads"
     if setup.model_channels_last:
         line += "; channels_last"
-    return line + ("; deterministic kernels" if setup.config.deterministic else "")
+    return (line + ("; deterministic kernels" if setup.config.deterministic else "")
+            + ("; cuDNN autotuning" if setup.config.autotune and setup.device.type == "cuda" else ""))
 
 
 def describe_method(config: TrainConfig, data: Data) -> str:

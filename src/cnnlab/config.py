@@ -112,6 +112,9 @@ class TrainConfig:
     threads: int | None = _f(None, "CPU threads for PyTorch's kernels (default: every core this process may use)")
     deterministic: bool = _f(False, "deterministic kernels (torch.use_deterministic_algorithms, no cuDNN "
                                     "autotuning): two runs with one seed give identical numbers, a little slower")
+    autotune: bool = _f(False, "let cuDNN time its convolution algorithms for each new shape (cudnn.benchmark): "
+                               "seconds at the start of a run, and no faster on an H100 with bf16 channels_last "
+                               "(BENCHMARKS.md); worth trying on long runs on other GPUs")
     sync_bn: bool = _f(False, "under torchrun: batch-norm statistics over the global batch (SyncBatchNorm)")
     device: str = _f("auto", "auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda or mps",
                      ("auto", "cpu", "cuda", "mps"))
