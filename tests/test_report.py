@@ -138,7 +138,8 @@ def test_write_report_is_self_contained(sweep, tmp_path):
     md = (tmp_path / "report" / "results.md").read_text()
     assert "| run | model | dataset | hidden | lr | seed | parameters | best val acc |" in md
     assert "| model | dataset | hidden | lr | n | seeds |" in md
-    assert re.search(r"\| mlp \| cifar10 \| 16 \| 0.05 \| 2 \| 0, 1 \| [\d,]+ ± 0 \| \d\.\d{4} ± \d\.\d{4} \|", md)
+    assert re.search(r"\| mlp \| cifar10 \| 16 \| 0.05 \| 2 \| 0, 1 \| ([\d,]+) ± 0 \[\1, \1\] \| "
+                     r"\d\.\d{4} ± \d\.\d{4} \[-?\d\.\d{4}, \d\.\d{4}\] \|", md), md
     linked = re.findall(r"\]\(([^)]+\.png)\)", md)  # the Markdown links the PNGs written beside it
     assert len(linked) == len(sources), linked
     for name in linked:
@@ -232,7 +233,7 @@ def fake_run(name, seed, lr, hidden, acc):
                                                                                "val_loss": 0.5}])
 
 
-def test_a_bar_chart_per_factor_with_sample_std_error_bars():
+def test_a_dot_and_interval_chart_per_factor_with_95_percent_t_intervals_on_a_zoomed_axis():
     # a 2 × 2 factorial (lr × hidden), two seeds each; accuracies chosen so the means and stds are easy
     runs, expected = [], {}
     for lr in (0.1, 0.01):
@@ -243,16 +244,39 @@ def test_a_bar_chart_per_factor_with_sample_std_error_bars():
     charts = dict(factor_figures(runs))
     assert list(charts) == ["hidden", "lr"]
     ax = charts["lr"].axes[0]
-    bars = ax.patches
-    assert len(bars) == 4
+    assert not ax.patches  # no bars
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.01\nhidden=8", "0.01\nhidden=64",
                                                              "0.1\nhidden=8", "0.1\nhidden=64"]
-    heights = [b.get_height() for b in bars]
-    assert heights == pytest.approx([expected[k][0] for k in ((0.01, 8), (0.01, 64), (0.1, 8), (0.1, 64))])
-    # the error bars: ± the sample std, which for two runs is |a − b| / √2
-    (errorbar,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
-    segments = errorbar.lines[2][0].get_segments()
-    assert [s[1][1] - s[0][1] for s in segments] == pytest.approx([2 * 0.02 / 2 ** 0.5] * 4)
+    errorbars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.lines[0].get_ydata()[0] for c in errorbars] == pytest.approx(
+        [expected[k][0] for k in ((0.01, 8), (0.01, 64), (0.1, 8), (0.1, 64))])
+    # the intervals: mean ± t(0.975, 1) · sd / √2, and sd of two runs is |a − b| / √2, so ± 12.706 · 0.01
+    for c in errorbars:
+        (segment,) = c.lines[2][0].get_segments()
+        assert segment[1][1] - segment[0][1] == pytest.approx(2 * 12.706 * 0.01)
+    assert ax.get_ylim()[0] > 0.1  # zoomed on the data, not from 0
+    assert [t.get_text() for t in ax.texts] == ["n=2"] * 4
+
+
+@pytest.mark.parametrize("df,t", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042), (50, 2.009),
+                                  (1000, 1.962)])
+def test_student_t_percentiles_match_the_tables(df, t):
+    from cnnlab.report.compare import t975
+
+    assert t975(df) == pytest.approx(t, abs=1e-3)
+
+
+def test_a_stat_gives_the_95_percent_interval_of_the_mean_by_hand():
+    from cnnlab.report.compare import Stat
+    from cnnlab.report.page import format_cell
+
+    s = Stat.of([0.9048, 0.9047, 0.9063])  # the CPU speedrun's three seeds
+    sd = statistics.stdev([0.9048, 0.9047, 0.9063])
+    assert s.half_width == pytest.approx(4.303 * sd / 3 ** 0.5)
+    assert s.ci95 == pytest.approx((s.mean - s.half_width, s.mean + s.half_width))
+    assert format_cell("best_val_acc", s) == f"{s.mean:.4f} ± {sd:.4f} [{s.ci95[0]:.4f}, {s.ci95[1]:.4f}]"
+    one = Stat.of([0.5])
+    assert one.half_width is None and one.ci95 is None and format_cell("best_val_acc", one) == "0.5000"
 
 
 def test_the_report_draws_the_grad_norm_where_runs_have_it_and_old_runs_still_plot(tmp_path):

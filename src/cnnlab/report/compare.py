@@ -50,9 +50,30 @@ def results_table(runs) -> list[dict]:
              "device": r.summary.get("device")} for r in runs]
 
 
+# Student's t distribution's 97.5th percentile by degrees of freedom (two-sided 95 %), from its standard tables.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+        29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t975(df: int) -> float:
+    """Student's t 97.5th percentile for `df` degrees of freedom: the table, linear in 1/df between its rows
+    beyond 30 (the standard interpolation, within 0.001), 1.960 in the limit."""
+    if df in T975:
+        return T975[df]
+    rows = sorted(T975) + [math.inf]
+    hi = next(r for r in rows if r > df)
+    lo = max(r for r in rows if r < df)
+    at_hi = 1.960 if hi == math.inf else T975[hi]
+    w = (1 / lo - 1 / df) / (1 / lo - (0 if hi == math.inf else 1 / hi))
+    return T975[lo] + w * (at_hi - T975[lo])
+
+
 @dataclass
 class Stat:
-    """Mean and sample standard deviation (n − 1 in the denominator; None when n = 1) of n values."""
+    """Mean, sample standard deviation (n − 1 in the denominator; None when n = 1) and n of some values, with the
+    95 % confidence interval of the mean from Student's t (what a handful of seeds can say; ± sd alone cannot)."""
 
     mean: float
     std: float | None
@@ -64,6 +85,16 @@ class Stat:
         if not values:
             return None
         return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+    @property
+    def half_width(self) -> float | None:
+        """t(0.975, n − 1) · sd / √n: the 95 % interval is mean ± this (None for one value)."""
+        return None if self.std is None else t975(self.n - 1) * self.std / math.sqrt(self.n)
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        h = self.half_width
+        return None if h is None else (self.mean - h, self.mean + h)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Figures for comparing runs: overlaid training curves and, per factor, bars of mean ± std over seeds.
+"""Figures for comparing runs: overlaid training curves and, per factor, dots of the mean over seeds with its 95 %
+confidence interval.
 
 Built as `matplotlib.figure.Figure` objects rather than through pyplot: nothing is kept in pyplot's global state (a
 script drawing a hundred reports does not pile up open figures) and no backend is forced on anyone.
@@ -79,7 +80,9 @@ def plot_runs(runs, metric: str = "val_acc", x: str = "epoch") -> Figure:
 
 
 def plot_factor(groups: list[Group], factor: str, metric: str, confounded=()) -> Figure:
-    """Bars of `metric` (mean over seeds, error bar ± sample std) for each group, ordered by the factor's value.
+    """A dot per group at the mean of `metric` over its seeds, with the mean's 95 % confidence interval (Student's
+    t) and n above it, ordered by the factor's value. The axis spans the data, not 0 to the top: bars from 0 make
+    0.89 and 0.94 look alike.
 
     `confounded` names factors that vary exactly as this one does; they go in the title, not the tick labels.
     """
@@ -92,18 +95,21 @@ def plot_factor(groups: list[Group], factor: str, metric: str, confounded=()) ->
     fig = NotebookFigure(figsize=(max(4.5, 0.9 * len(ordered) + 2), 3.6), layout="constrained")
     ax = fig.add_subplot()
     x = list(range(len(ordered)))
-    ax.bar(x, [s.mean if s else 0 for s in stats], yerr=[(s.std or 0) if s else 0 for s in stats], capsize=4,
-           color=[colours[values.index(config_key(g.config.get(factor)))] for g in ordered])
-    for i, s in zip(x, stats):
-        top = (s.mean + (s.std or 0)) if s else 0
-        ax.annotate(f"n={s.n}" if s else "n=0", (i, top), textcoords="offset points", xytext=(0, 2), ha="center",
-                    va="bottom", fontsize=7)
-    ax.margins(y=0.12)  # room for the n labels above the tallest error bar
+    for i, (g, s) in enumerate(zip(ordered, stats)):
+        if s is None:
+            continue
+        colour = colours[values.index(config_key(g.config.get(factor)))]
+        ax.errorbar([i], [s.mean], yerr=[s.half_width or 0], fmt="o", color=colour, ecolor=colour, capsize=4,
+                    markersize=6)
+        ax.annotate(f"n={s.n}", (i, s.mean + (s.half_width or 0)), textcoords="offset points", xytext=(0, 2),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_xlim(-0.6, len(ordered) - 0.4)
+    ax.margins(y=0.15)  # room for the n labels above the highest interval
     labels = [format_value(g.config.get(factor))
               + ("".join(f"\n{k}={format_value(g.config.get(k))}" for k in others)) for g in ordered]
     ax.set_xticks(x, labels, fontsize=7 if others else 9)
     ax.set_xlabel(factor)
-    ax.set_ylabel(f"{metric.replace('_', ' ')}, mean ± std")
+    ax.set_ylabel(f"{metric.replace('_', ' ')}: mean, 95 % CI", fontsize=9)
     also = f"\n(varied together with {', '.join(confounded[:4])}{', …' if len(confounded) > 4 else ''})" \
         if confounded else ""
     ax.set_title(f"{metric.replace('_', ' ')} by {factor}{also}", fontsize=10 if not also else 9)
