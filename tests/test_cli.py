@@ -70,3 +70,32 @@ def test_every_help_page_prints(command, capsys):
         main([*command, "--help"])
     assert done.value.code == 0
     assert "usage: cnnlab" in capsys.readouterr().out
+
+
+def test_the_flag_names_of_timm_and_torchvision_set_the_same_settings():
+    from cnnlab.cli import build_parser
+    from cnnlab.config import config_from_args
+
+    argv = ["train", "--opt", "adamw", "--sched", "cosine", "-b", "64", "--output", "runs/x", "--amp",
+            "--smoothing", "0.1", "--clip-grad", "2.5"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert (config.optimizer, config.schedule, config.batch_size, config.out, config.precision,
+            config.label_smoothing, config.clip_grad_norm) == ("adamw", "cosine", 64, "runs/x", "fp16", 0.1, 2.5)
+    assert config_from_args(build_parser().parse_args(["train", "--output-dir", "runs/y"])).out == "runs/y"
+    canonical = config_from_args(build_parser().parse_args(
+        ["train", "--optimizer", "adamw", "--schedule", "cosine", "--batch-size", "64", "--out", "runs/x",
+         "--precision", "fp16", "--label-smoothing", "0.1", "--clip-grad-norm", "2.5"]))
+    assert canonical == config
+
+
+def test_under_torchrun_one_line_says_the_batch_is_global():
+    from cnnlab.build import describe_processes
+    from cnnlab.config import TrainConfig
+    from cnnlab.distributed import Dist
+
+    two = Dist(rank=0, world_size=2)
+    assert describe_processes(TrainConfig(batch_size=256), two) == (
+        "torchrun: 2 processes; --batch-size 256 is the global batch, each process takes 128 images of it per batch "
+        "(lr and recipes follow the global batch)")
+    three = Dist(rank=0, world_size=3)
+    assert "takes 85 or 86 images" in describe_processes(TrainConfig(batch_size=256), three)

@@ -53,6 +53,7 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
     assert_same_losses(tmp_path / "one", tmp_path / "two", epochs=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "digits", "one", "two"]  # one folder per job
     assert two.stdout.count("done:") == 1  # rank 0 alone reports
+    assert "--batch-size 30 is the global batch, each process takes 15 images" in two.stdout
     import json
 
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())

@@ -328,6 +328,8 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
         if recipe:
             setup.say(describe_recipe(config.model, recipe))
         setup.say(describe_method(config, data))
+        if d.enabled:
+            setup.say(describe_processes(config, d))
         if getattr(data.train, "mixer", None):
             setup.say(data.train.mixer.describe())
         setup.say(describe_machine(setup))
@@ -472,6 +474,17 @@ def describe_machine(setup: Setup) -> str:
         line += "; channels_last"
     return (line + ("; deterministic kernels" if setup.config.deterministic else "")
             + ("; cuDNN autotuning" if setup.config.autotune and setup.device.type == "cuda" else ""))
+
+
+def describe_processes(config: TrainConfig, d: Dist) -> str:
+    """Under torchrun: --batch-size is the global batch, split over the processes (as the lr scaling assumes)."""
+    if config.full_batch:
+        return (f"torchrun: {d.world_size} processes; --batch-size all is the whole training set, each process "
+                f"takes a 1/{d.world_size} share of it")
+    share, extra = divmod(config.batch_size, d.world_size)
+    each = f"{share}" if not extra else f"{share} or {share + 1}"
+    return (f"torchrun: {d.world_size} processes; --batch-size {config.batch_size} is the global batch, each "
+            f"process takes {each} images of it per batch (lr and recipes follow the global batch)")
 
 
 def describe_method(config: TrainConfig, data: Data) -> str:

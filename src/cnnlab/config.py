@@ -288,15 +288,25 @@ def _int(value) -> int:
     return int(value)
 
 
+# The names users of timm's and torchvision's training scripts already type, for the same settings.
+ALIASES = {"optimizer": ["--opt"], "schedule": ["--sched"], "batch_size": ["-b"], "out": ["--output", "--output-dir"],
+           "label_smoothing": ["--smoothing"], "clip_grad_norm": ["--clip-grad"]}
+
+
 def add_arguments(parser) -> None:
-    """One --flag per field; every flag defaults to None so only what the user typed overrides the config."""
+    """One --flag per field (and its aliases); every flag defaults to None so only what the user typed overrides
+    the config. `--amp` is `--precision fp16`, mixed precision as timm and torchvision mean it."""
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *ALIASES.get(f.name, [])]
         text = f.metadata["help"].replace("%", "%%")  # argparse formats help strings with %
         if "bool" in str(f.type):
-            parser.add_argument(flag, default=None, nargs="?", const="true", metavar="BOOL", help=text)
+            parser.add_argument(*flags, dest=f.name, default=None, nargs="?", const="true", metavar="BOOL",
+                                help=text)
         else:
-            parser.add_argument(flag, default=None, help=text)
+            parser.add_argument(*flags, dest=f.name, default=None, help=text)
+    parser.add_argument("--amp", dest="precision", action="store_const", const="fp16",
+                        help="= --precision fp16: float16 autocast with loss scaling (on GPUs without bf16; "
+                             "--precision auto already picks the fastest)")
 
 
 def config_from_args(args) -> TrainConfig:
