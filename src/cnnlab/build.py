@@ -21,6 +21,7 @@ from cnnlab.config import TrainConfig
 from cnnlab.data import load_dataset, split_train_val
 from cnnlab.data.loader import PRESETS, Augment, DeviceLoader, augment_preset, channel_stats
 from cnnlab.distributed import Dist, broadcast
+from cnnlab.finetune import freeze_backbone, load_initial_weights
 from cnnlab.early_stopping import EarlyStopping
 from cnnlab.errors import CnnlabError
 from cnnlab.hardware import Precision, resolve_device, resolve_precision, set_deterministic, set_threads
@@ -308,7 +309,12 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
     model = _model(options, device)
     if has_batch_norm(model):
         guard_batch_norm(config, data, d)
-    init_seconds = _init_from_data(model, data, config, options) if checkpoint is None else None
+    fresh = checkpoint is None
+    init_seconds = _init_from_data(model, data, config, options) if fresh and not config.init_from else None
+    # A resumed run's weights come from its checkpoint; freezing (requires_grad) is not saved, so it is redone.
+    tuning = [load_initial_weights(model, config.init_from, options["name"])] if fresh and config.init_from else []
+    if config.freeze_backbone:
+        tuning.append(freeze_backbone(model))
     model = _memory_format(model, options["name"], device)
     if config.sync_bn and d.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -328,6 +334,8 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
         if recipe:
             setup.say(describe_recipe(config.model, recipe))
         setup.say(describe_method(config, data))
+        for line in tuning:
+            setup.say(line)
         if d.enabled:
             setup.say(describe_processes(config, d))
         if getattr(data.train, "mixer", None):

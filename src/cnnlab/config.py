@@ -95,6 +95,12 @@ class TrainConfig:
     ema_decay: float = _f(0.0, "keep an exponential moving average of the weights and batch-norm statistics with this "
                                "decay (warmed up as min(D, (1+t)/(10+t)) over the first steps t), and validate, test "
                                "and save for eval/predict the averaged weights; 0 = off")
+    init_from: str | None = _f(None, "start from these weights: a run folder (its best.pt), a cnnlab checkpoint or a "
+                                     "state dict such as torchvision's .pth; a classifier whose class count differs "
+                                     "is replaced by a fresh one")
+    freeze_backbone: bool = _f(False, "train only the classifier (the last linear layer); the backbone's batch-norm "
+                                      "layers keep their running statistics")
+    head_lr_mult: float = _f(1.0, "the classifier's learning rate is the lr times this (e.g. 10 when fine-tuning)")
     tta: str = _f("none", "test-time augmentation for val/test: average logits over flips (and 1-pixel shifts)",
                   ("none", "flip", "flip-translate"))
     early_stop_metric: str | None = _f(None, "stop early on val_loss or val_acc (default: off)",
@@ -165,6 +171,8 @@ class TrainConfig:
         need(math.isfinite(self.clip_grad_norm) and self.clip_grad_norm >= 0, "clip_grad_norm",
              "use a norm > 0, or 0 for no clipping")
         need(0 <= self.ema_decay < 1, "ema_decay", "use a decay in (0, 1) such as 0.999, or 0 for no averaging")
+        need(math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0, "head_lr_mult",
+             "use a positive factor such as 10 (1 = the same lr as the backbone)")
         need(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "use an integer in [0, 2**63)")
         need(self.warmup_epochs <= self.epochs, "warmup_epochs", "use at most --epochs")
         need(0 <= self.momentum < 1, "momentum", "use a number in [0, 1)")

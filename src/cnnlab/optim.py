@@ -38,9 +38,27 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = Fa
     return groups
 
 
+def scale_head_lr(groups: list[dict], head: nn.Module, mult: float) -> list[dict]:
+    """Each group split in two: the classifier's parameters at lr × mult, the rest as they were."""
+    if mult == 1:
+        return groups
+    ids = {id(p) for p in head.parameters()}
+    split = []
+    for g in groups:
+        rest = [p for p in g["params"] if id(p) not in ids]
+        mine = [p for p in g["params"] if id(p) in ids]
+        split += ([{**g, "params": rest}] if rest else []) + ([{**g, "params": mine, "lr": g["lr"] * mult}]
+                                                             if mine else [])
+    return split
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD: v = βv + (g + λw), W = W − αv (PyTorch semantics, dampening 0). AdamW: decoupled decay."""
     groups = parameter_groups(model, config.weight_decay, config.decay_all, config.lr, config.norm_lr_scale)
+    if config.head_lr_mult != 1:
+        from cnnlab.finetune import classifier
+
+        groups = scale_head_lr(groups, classifier(model)[1], config.head_lr_mult)
     # On a GPU one fused kernel updates every parameter instead of a launch per tensor.
     fused = {"fused": True} if all(p.is_cuda for p in model.parameters()) else {}
     if config.optimizer == "adamw":
