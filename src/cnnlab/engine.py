@@ -80,7 +80,8 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
         sums.load(state.position["sums"])
         first, state.position = state.position["batch"], None
     state.model.train()
-    progress = Progress(len(loader), epoch, setup.config.epochs, setup.say)
+    progress = Progress(len(loader), epoch, setup.config.epochs, setup.say,
+                        "step" if loader.batches_per_step == 1 else "batch")
     for batch, (x, y) in enumerate(loader, start=first):
         step_first, step_last, step_examples = loader.step_span(batch)
         loss, out, grad_norm = train_step(setup, state, x, y, step_examples, batch == step_first, batch == step_last)
@@ -154,7 +155,8 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) ->
         lr = state.position.get("lr", lr)
     sums, done = train_one_epoch(setup, state, stop, epoch)
     if any_true(int(setup.nonfinite_step) >= 0 or not math.isfinite(float(sums.loss)), d, setup.device):
-        reason = (f"loss became NaN or infinite in epoch {epoch} (step {int(setup.nonfinite_step) + 1}); "
+        unit = "step" if state.loader.batches_per_step == 1 else "batch"
+        reason = (f"loss became NaN or infinite in epoch {epoch} ({unit} {int(setup.nonfinite_step) + 1}); "
                   "the last good checkpoint is kept — lower the learning rate (--lr) and try again")
         setup.say(reason, err=True)
         return reason
