@@ -138,7 +138,7 @@ def test_write_report_is_self_contained(sweep, tmp_path):
     md = (tmp_path / "report" / "results.md").read_text()
     assert "| run | model | dataset | hidden | lr | seed | parameters | best val acc |" in md
     assert "| model | dataset | hidden | lr | n | seeds |" in md
-    assert re.search(r"\| mlp \| cifar10 \| 16 \| 0.05 \| 2 \| 0, 1 \| ([\d,]+) ± 0 \[\1, \1\] \| "
+    assert re.search(r"\| mlp \| cifar10 \| 16 \| 0.05 \| 2 \| 0, 1 \| [\d,]+ \| "
                      r"\d\.\d{4} ± \d\.\d{4} \[-?\d\.\d{4}, \d\.\d{4}\] \|", md), md
     linked = re.findall(r"\]\(([^)]+\.png)\)", md)  # the Markdown links the PNGs written beside it
     assert len(linked) == len(sources), linked
@@ -275,6 +275,7 @@ def test_a_stat_gives_the_95_percent_interval_of_the_mean_by_hand():
     assert s.half_width == pytest.approx(4.303 * sd / 3 ** 0.5)
     assert s.ci95 == pytest.approx((s.mean - s.half_width, s.mean + s.half_width))
     assert format_cell("best_val_acc", s) == f"{s.mean:.4f} ± {sd:.4f} [{s.ci95[0]:.4f}, {s.ci95[1]:.4f}]"
+    assert format_cell("best_val_acc", Stat.of([0.5, 0.5])) == "0.5000"  # no spread, no interval to show
     one = Stat.of([0.5])
     assert one.half_width is None and one.ci95 is None and format_cell("best_val_acc", one) == "0.5000"
 

@@ -194,7 +194,7 @@ def format_cell(key: str, value) -> str:
     spec = FORMATS.get(key, ".4f" if key == "accuracy" else None)
     if isinstance(value, Stat):
         mean = format(value.mean, spec or ".4g")
-        if value.std is None:
+        if not value.std:  # one run, or the same value in every run (parameters, epochs): the value says it all
             return mean
         lo, hi = value.ci95
         return f"{mean} ± {format(value.std, spec or '.4g')} [{format(lo, spec or '.4g')}, {format(hi, spec or '.4g')}]"
