@@ -108,6 +108,13 @@ def _predict(args) -> None:
         print(path + ": " + ", ".join(f"{name} {p:.3f}" for name, p in top))
 
 
+def _explain(args) -> None:
+    from cnnlab.explain import explain_run
+
+    for path in explain_run(args.run_dir, args.images, args.out, args.topk, args.class_name):
+        print(path)
+
+
 def _sweep(args) -> None:
     from cnnlab.sweep import describe, parse_settings, plan, run_sweep
 
@@ -176,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--topk", type=int, default=5)
     predict.set_defaults(run=_predict)
+
+    explain = commands.add_parser("explain", help="one PNG per image file: the top-k classes and where the model "
+                                                  "looked (Grad-CAM; the input gradient for flat models)")
+    explain.add_argument("run_dir", metavar="RUN", help="a run folder or a checkpoint file")
+    explain.add_argument("images", nargs="+", help="image files")
+    explain.add_argument("--out", metavar="DIR", help="where the PNGs go (default: RUN/explain)")
+    explain.add_argument("--topk", type=int, default=5)
+    explain.add_argument("--class", dest="class_name", metavar="NAME",
+                         help="the class to explain (default: each image's top-1 prediction)")
+    explain.set_defaults(run=_explain)
 
     sweep = commands.add_parser("sweep", help="run a grid of configurations × seeds, then report mean ± std")
     sweep.add_argument("file", help="a sweep preset's name (`cnnlab presets`) or a sweep TOML file ([sweep], "

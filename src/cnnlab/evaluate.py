@@ -95,31 +95,49 @@ def _as_evaluated(im, config: dict, h: int, w: int, c: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im).copy()).reshape(1, h, w, c).permute(0, 3, 1, 2).float()
 
 
-def predict(target, images: list, topk: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
-    """Top-k classes with probabilities for image files, preprocessed as the run's data was."""
-    from PIL import UnidentifiedImageError
-
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise CnnlabError(f"--topk must be a positive integer, got {topk!r}")
+def load_image_classifier(target, command: str):
+    """(model in eval mode, checkpoint) of a classification run trained on images; anything else is one line."""
     model, checkpoint = load_model(target)
     if checkpoint.get("task") != "classification":
-        raise CnnlabError("predict needs a classification run")
+        raise CnnlabError(f"{command} needs a classification run")
+    if len(checkpoint["image_shape"]) != 3:
+        raise CnnlabError(f"{command} needs a run trained on images; {target} was trained on feature vectors")
+    return model, checkpoint
+
+
+def read_image(path, checkpoint: dict) -> torch.Tensor:
+    """An image file preprocessed as the run's test images were: (1, C, H, W), float 0–255 (see `normalise`)."""
+    from PIL import UnidentifiedImageError
+
     h, w, c = checkpoint["image_shape"]
+    try:
+        with Image.open(io.BytesIO(Path(path).read_bytes())) as im:
+            return _as_evaluated(im, checkpoint["config"], h, w, c)
+    except FileNotFoundError:
+        raise CnnlabError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError):
+        raise CnnlabError(f"{path} is not a readable image") from None
+
+
+def normalise(pixels: torch.Tensor, checkpoint: dict) -> torch.Tensor:
+    """0–255 pixels → the model's input: scaled to [0, 1], less the training mean, over the training std."""
     mean = torch.tensor(checkpoint["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(checkpoint["std"]).view(1, -1, 1, 1)
+    return (pixels / 255 - mean) / std
+
+
+def predict(target, images: list, topk: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Top-k classes with probabilities for image files, preprocessed as the run's data was."""
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise CnnlabError(f"--topk must be a positive integer, got {topk!r}")
+    model, checkpoint = load_image_classifier(target, "predict")
     classes = checkpoint["classes"]
     tta = checkpoint["config"].get("tta", "none")  # the views the run's own evaluation averaged
     results = []
     for path in images:
-        try:
-            with Image.open(io.BytesIO(Path(path).read_bytes())) as im:
-                x = _as_evaluated(im, checkpoint["config"], h, w, c)
-        except FileNotFoundError:
-            raise CnnlabError(f"image {path} does not exist") from None
-        except (UnidentifiedImageError, OSError):
-            raise CnnlabError(f"{path} is not a readable image") from None
+        x = normalise(read_image(path, checkpoint), checkpoint)
         with torch.no_grad():
-            probs = torch.softmax(tta_logits(model, (x / 255 - mean) / std, tta), 1)[0]
+            probs = torch.softmax(tta_logits(model, x, tta), 1)[0]
         top = probs.topk(min(topk, len(classes)))
         results.append((str(path), [(classes[i], float(p)) for p, i in zip(top.values, top.indices)]))
     return results
