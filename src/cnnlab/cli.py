@@ -91,7 +91,7 @@ def _train(args) -> None:
 def _eval(args) -> None:
     from cnnlab.evaluate import evaluate_run
 
-    result = evaluate_run(args.target, args.split, args.data, args.device)
+    result = evaluate_run(args.target, args.split, args.data, args.device, save_predictions=args.save_predictions)
     print(f"{result['split']} ({result['n']} images): loss {result['loss']:.4f}"
           + (f"  top-1 {result['acc']:.4f}" if "acc" in result else "")
           + (f"  top-5 {result['top5']:.4f}" if "top5" in result else ""))
@@ -99,6 +99,8 @@ def _eval(args) -> None:
         print(f"  {name:<24} {acc:.4f}")
     if "confusion_png" in result:
         print(f"confusion matrix: {result['confusion_png']}")
+    if "predictions" in result:
+        print(f"predictions: {result['predictions']}")
 
 
 def _predict(args) -> None:
@@ -169,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="test (default) or val")
     evaluate.add_argument("--data", help="the dataset path, if it moved since training")
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--save-predictions", nargs="?", const="", metavar="FILE",
+                          help="write each example's logits, softmax probabilities, predicted and true label (class "
+                               "indices) to FILE: .npz (default: RUN/predictions_SPLIT.npz), or a CSV of index, "
+                               "label, predicted, prob_<class>… when FILE ends in .csv")
     evaluate.set_defaults(run=_eval)
 
     predict = commands.add_parser("predict", help="top-k classes with probabilities for image files")
