@@ -103,6 +103,16 @@ def _eval(args) -> None:
         print(f"predictions: {result['predictions']}")
 
 
+def _export(args) -> None:
+    from cnnlab.export import export_model
+
+    exported = export_model(args.target, args.format, args.out)
+    print(f"{args.format}: {exported.path}")
+    print(f"preprocessing: {exported.meta_path}")
+    print(f"checked against PyTorch on {exported.checked} inputs: max |difference| {exported.max_diff:.2g} "
+          f"(fp32, dynamic batch)")
+
+
 def _predict(args) -> None:
     from cnnlab.evaluate import predict
 
@@ -182,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--topk", type=int, default=5)
     predict.set_defaults(run=_predict)
+
+    export = commands.add_parser("export", help="export a run's model to ONNX or TorchScript with a JSON of its "
+                                                "preprocessing")
+    export.add_argument("target", metavar="RUN", help="a run folder (its best.pt) or a checkpoint file")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"),
+                        help="onnx (needs the export extra: pip install 'cnnlab[export]') or torchscript")
+    export.add_argument("--out", metavar="FILE",
+                        help="the model file (default: model.onnx or model.ts.pt beside the checkpoint); FILE.json "
+                             "beside it records mean, std, input shape, channel order and class names")
+    export.set_defaults(run=_export)
 
     sweep = commands.add_parser("sweep", help="run a grid of configurations × seeds, then report mean ± std")
     sweep.add_argument("file", help="a sweep preset's name (`cnnlab presets`) or a sweep TOML file ([sweep], "
