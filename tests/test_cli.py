@@ -62,8 +62,8 @@ def test_console_script_entry_point_runs():
     assert result.stdout.splitlines()[0].startswith("name,alias,family,params,macs")
 
 
-@pytest.mark.parametrize("command", [[], ["models"], ["train"], ["eval"], ["predict"], ["explain"], ["report"],
-                                     ["sweep"], ["data"], ["data", "info"], ["data", "prepare"]])
+@pytest.mark.parametrize("command", [[], ["models"], ["train"], ["eval"], ["predict"], ["explain"], ["export"],
+                                     ["report"], ["sweep"], ["data"], ["data", "info"], ["data", "prepare"]])
 def test_every_help_page_prints(command, capsys):
     # argparse %-formats help text: one stray "%" in a field's help once broke `cnnlab train --help`.
     with pytest.raises(SystemExit) as done:

@@ -91,7 +91,7 @@ def _train(args) -> None:
 def _eval(args) -> None:
     from cnnlab.evaluate import evaluate_run
 
-    result = evaluate_run(args.target, args.split, args.data, args.device)
+    result = evaluate_run(args.target, args.split, args.data, args.device, save_predictions=args.save_predictions)
     print(f"{result['split']} ({result['n']} images): loss {result['loss']:.4f}"
           + (f"  top-1 {result['acc']:.4f}" if "acc" in result else "")
           + (f"  top-5 {result['top5']:.4f}" if "top5" in result else ""))
@@ -99,6 +99,18 @@ def _eval(args) -> None:
         print(f"  {name:<24} {acc:.4f}")
     if "confusion_png" in result:
         print(f"confusion matrix: {result['confusion_png']}")
+    if "predictions" in result:
+        print(f"predictions: {result['predictions']}")
+
+
+def _export(args) -> None:
+    from cnnlab.export import export_model
+
+    exported = export_model(args.target, args.format, args.out)
+    print(f"{args.format}: {exported.path}")
+    print(f"preprocessing: {exported.meta_path}")
+    print(f"checked against PyTorch on {exported.checked} inputs: max |difference| {exported.max_diff:.2g} "
+          f"(fp32, dynamic batch)")
 
 
 def _predict(args) -> None:
@@ -176,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="test (default) or val")
     evaluate.add_argument("--data", help="the dataset path, if it moved since training")
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--save-predictions", nargs="?", const="", metavar="FILE",
+                          help="write each example's logits, softmax probabilities, predicted and true label (class "
+                               "indices) to FILE: .npz (default: RUN/predictions_SPLIT.npz), or a CSV of index, "
+                               "label, predicted, prob_<class>… when FILE ends in .csv")
     evaluate.set_defaults(run=_eval)
 
     predict = commands.add_parser("predict", help="top-k classes with probabilities for image files")
@@ -193,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--class", dest="class_name", metavar="NAME",
                          help="the class to explain (default: each image's top-1 prediction)")
     explain.set_defaults(run=_explain)
+
+    export = commands.add_parser("export", help="export a run's model to ONNX or TorchScript with a JSON of its "
+                                                "preprocessing")
+    export.add_argument("target", metavar="RUN", help="a run folder (its best.pt) or a checkpoint file")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"),
+                        help="onnx (needs the export extra: pip install 'cnnlab[export]') or torchscript")
+    export.add_argument("--out", metavar="FILE",
+                        help="the model file (default: model.onnx or model.ts.pt beside the checkpoint); FILE.json "
+                             "beside it records mean, std, input shape, channel order and class names")
+    export.set_defaults(run=_export)
 
     sweep = commands.add_parser("sweep", help="run a grid of configurations × seeds, then report mean ± std")
     sweep.add_argument("file", help="a sweep preset's name (`cnnlab presets`) or a sweep TOML file ([sweep], "

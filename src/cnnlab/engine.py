@@ -102,22 +102,23 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
 
 @torch.no_grad()
 def evaluate(model, loader: DeviceLoader, task: str, num_classes: int, autocast=nullcontext(),
-             return_predictions: bool = False, d: Dist = Dist(), tta: str = "none"):
+             return_logits: bool = False, d: Dist = Dist(), tta: str = "none"):
     """Mean loss (plain cross-entropy or ½ squared error), top-1 and top-5 over a loader (all processes' shards),
-    optionally of the logits averaged over test-time views (`tta_logits`)."""
+    optionally of the logits averaged over test-time views (`tta_logits`); with `return_logits`, also this
+    process's (N, outputs) float32 logits on the CPU in the loader's order."""
     model.eval()
     sums = Sums(loader.device, task, num_classes, d)
     criterion = loss_fn(task)
-    predictions = []
+    logits = []
     for x, y in loader:
         with autocast:
             out = tta_logits(model, x, tta).float()
         sums.add(criterion(out, y), out, y)
-        if return_predictions:
-            predictions.append(out.argmax(1).cpu())
+        if return_logits:
+            logits.append(out.cpu())
     result = sums.result()
-    if return_predictions:
-        return result, torch.cat(predictions)
+    if return_logits:
+        return result, torch.cat(logits)
     return result
 
 

@@ -20,7 +20,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 
 
-def _checkpoint_path(target) -> Path:
+def checkpoint_path(target) -> Path:
     target = Path(target)
     if target.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -32,7 +32,7 @@ def _checkpoint_path(target) -> Path:
 
 def load_model(target, device="cpu"):
     """(model in eval mode, checkpoint dict) from a run folder or a checkpoint file."""
-    checkpoint = load_checkpoint(_checkpoint_path(target))
+    checkpoint = load_checkpoint(checkpoint_path(target))
     for key in ("model", "model_options", "config"):
         if key not in checkpoint:
             raise CnnlabError(f"{target} is not a cnnlab checkpoint (no {key!r}); cnnlab eval needs one it wrote")
@@ -46,12 +46,18 @@ def load_model(target, device="cpu"):
 
 
 def evaluate_run(target, split: str = "test", data: str | None = None, device: str = "auto",
-                 out_dir: Path | None = None) -> dict:
-    """Top-1/top-5, per-class accuracy and a confusion-matrix PNG for `split` (test or val)."""
+                 out_dir: Path | None = None, save_predictions: str | None = None) -> dict:
+    """Top-1/top-5, per-class accuracy and a confusion-matrix PNG for `split` (test or val).
+
+    `save_predictions`: a file for each example's logits, probabilities and labels (`predictions.write_predictions`;
+    "" is out_dir's predictions_SPLIT.npz), named in the result's "predictions".
+    """
     if split not in ("test", "val"):
         raise CnnlabError(f"--split {split!r} is not allowed; choose test or val")
     dev = resolve_device(device)
     model, checkpoint = load_model(target, dev)
+    if save_predictions is not None and checkpoint.get("task") != "classification":
+        raise CnnlabError("--save-predictions needs a classification run (this one is a regression)")
     config = TrainConfig.from_dict(checkpoint["config"])
     config.test_subset = None  # a quick run may have tested on a subset; `cnnlab eval` reports the whole split
     if data:
@@ -60,16 +66,21 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
     loader = loaders.test if split == "test" else loaders.val
     if loader is None:
         raise CnnlabError("this run held out no validation split (--val-split 0); evaluate --split test")
-    result, predictions = evaluate(model, loader, loaders.task, len(loaders.classes), return_predictions=True,
-                                   tta=config.tta if loaders.task == "classification" else "none")
+    result, logits = evaluate(model, loader, loaders.task, len(loaders.classes), return_logits=True,
+                              tta=config.tta if loaders.task == "classification" else "none")
     result["split"] = split
     if loaders.task == "classification":
         truth = loader.labels.cpu().numpy()
         k = len(loaders.classes)
-        confusion = np.bincount(truth * k + predictions.numpy(), minlength=k * k).reshape(k, k)
+        confusion = np.bincount(truth * k + logits.argmax(1).numpy(), minlength=k * k).reshape(k, k)
         per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
         result["per_class"] = dict(zip(loaders.classes, per_class.round(4).tolist()))
         out_dir = Path(out_dir or (target if Path(target).is_dir() else Path(target).parent))
+        if save_predictions is not None:
+            from cnnlab.predictions import write_predictions
+
+            path = save_predictions or out_dir / f"predictions_{split}.npz"
+            result["predictions"] = str(write_predictions(path, logits, truth, loaders.classes))
         from cnnlab.report.curves import save_confusion
 
         result["confusion_png"] = str(save_confusion(confusion, loaders.classes,
