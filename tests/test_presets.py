@@ -62,7 +62,7 @@ def test_an_existing_file_wins_over_the_preset_of_its_name(tmp_path, monkeypatch
                                             "seed-report has its name: `cnnlab sweep seed-report`); pass an "),
     (["train", "--config", "mine.toml"], "config file mine.toml does not exist; pass an existing file or one of the "
                                          "train presets: demo-mnist-mlp, speedrun-cifar10"),
-    (["presets", "nope"], "there is no preset 'nope'; the presets are: ablation-regularization, "),
+    (["presets", "nope"], "there is no preset 'nope'; the presets are: ablation-recipes, ablation-regularization, "),
     (["presets", "../presets/seed-report"], "there is no preset '../presets/seed-report'"),
 ])
 def test_a_wrong_name_is_one_line_naming_what_to_run(capsys, argv, needle):
