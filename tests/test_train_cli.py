@@ -4,6 +4,7 @@ the real shared MNIST and CIFAR-10 (skipped where they are absent)."""
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,28 @@ def test_train_then_predict_names_the_right_class_with_the_models_probabilities(
         # the three most probable classes, each with its probability as printed (ties may print in any order)
         assert all(abs(p - float(probs[CIFAR10.index(name)])) <= 5e-4 + 1e-6 for name, p in top), (line, probs)
         assert min(p for _, p in top) >= float(probs.sort(descending=True).values[3]) - 5e-4, (line, probs)
+
+    # Folders (hidden files and non-images skipped) and globs, streamed into a CSV: the same predictions.
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(images[0][0], folder / "a.png")
+    shutil.copy(images[1][0], folder / "sub" / "b.jpeg")
+    shutil.copy(images[0][0], folder / ".hidden.png")
+    (folder / "notes.txt").write_text("not an image")
+    assert main(["predict", str(out), str(folder), str(tmp_path / "my *.png"), "--topk", "2", "--out",
+                 str(tmp_path / "p.csv")]) == 0
+    assert capsys.readouterr().out == f"4 predictions → {tmp_path / 'p.csv'}\n"
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    paths = [folder / "a.png", folder / "sub" / "b.jpeg", tmp_path / "my cat.png", tmp_path / "my truck.png"]
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    assert list(rows[0]) == ["path", "top1", "p1", "top2", "p2"]
+    assert main(["predict", str(out), *map(str, paths), "--topk", "2"]) == 0
+    for row, line in zip(rows, capsys.readouterr().out.splitlines()):
+        printed = [item.rsplit(" ", 1) for item in line.partition(": ")[2].split(", ")]
+        assert [name for name, _ in printed] == [row["top1"], row["top2"]]
+        assert [float(p) for _, p in printed] == pytest.approx([float(row["p1"]), float(row["p2"])], abs=5e-4)
+    assert main(["predict", str(out), str(tmp_path / "none*.png"), "--out", str(tmp_path / "q.csv")]) == 2
+    assert "names no image files" in capsys.readouterr().err and not (tmp_path / "q.csv").exists()
 
 
 def test_softmax_regression_on_mnist_reaches_90_percent(tmp_path, cache):

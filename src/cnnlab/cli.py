@@ -114,10 +114,14 @@ def _export(args) -> None:
 
 
 def _predict(args) -> None:
-    from cnnlab.evaluate import predict
+    from cnnlab.evaluate import predict_stream, predict_to_csv
 
-    for path, top in predict(args.run_dir, args.images, args.topk):
-        print(path + ": " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+    if args.out:
+        rows = predict_to_csv(args.run_dir, args.images, args.out, args.topk)
+        print(f"{rows} predictions → {args.out}")
+        return
+    for path, top in predict_stream(args.run_dir, args.images, args.topk):
+        print(path + ": " + ", ".join(f"{name} {p:.3f}" for name, p in top), flush=True)
 
 
 def _explain(args) -> None:
@@ -196,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="top-k classes with probabilities for image files")
     predict.add_argument("run_dir", metavar="RUN", help="a run folder or a checkpoint file")
-    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("images", nargs="+", help="image files, folders (every image below them) or glob patterns "
+                                                   "(quote them: 'photos/**/*.jpg')")
+    predict.add_argument("--out", metavar="FILE.csv", help="write path, top1, p1, … topk, pk to this CSV instead of "
+                                                           "printing (written when every image was read)")
     predict.add_argument("--topk", type=int, default=5)
     predict.set_defaults(run=_predict)
 

@@ -11,6 +11,7 @@ from PIL import Image
 from cnnlab.atomic import atomic_write
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
+from cnnlab.data.images import IMAGE_SUFFIXES, is_image
 from cnnlab.data import STREAMED
 from cnnlab.engine import evaluate
 from cnnlab.tta import tta_logits
@@ -137,18 +138,60 @@ def normalise(pixels: torch.Tensor, checkpoint: dict) -> torch.Tensor:
     return (pixels / 255 - mean) / std
 
 
-def predict(target, images: list, topk: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
-    """Top-k classes with probabilities for image files, preprocessed as the run's data was."""
+def image_paths(arguments: list) -> list[Path]:
+    """The image files that files, folders (every image below them, hidden ones skipped) and glob patterns name, in
+    order, each once. An argument that names no image is an error: a typo must not pass as an empty result."""
+    import glob
+
+    found: dict[Path, None] = {}
+    for arg in map(str, arguments):
+        if any(c in arg for c in "*?["):
+            matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True)) if is_image(m) and Path(m).is_file()]
+        elif Path(arg).is_dir():
+            matches = sorted(p for p in Path(arg).rglob("*") if is_image(p.name) and p.is_file()
+                             and not any(part.startswith(".") for part in p.relative_to(arg).parts))
+        else:
+            matches = [Path(arg)]  # a file: read_image says if it is missing or not an image
+        if not matches:
+            raise CnnlabError(f"{arg} names no image files ({', '.join(IMAGE_SUFFIXES)}); check the path or pattern")
+        found.update(dict.fromkeys(matches))
+    return list(found)
+
+
+def predict_stream(target, images: list, topk: int = 5):
+    """Yield (path, [(class, probability)…]) for each image that `images` names (files, folders, globs), one image
+    at a time, preprocessed as the run's data was: memory does not grow with the number of images."""
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise CnnlabError(f"--topk must be a positive integer, got {topk!r}")
+    paths = image_paths(images)
     model, checkpoint = load_image_classifier(target, "predict")
     classes = checkpoint["classes"]
     tta = checkpoint["config"].get("tta", "none")  # the views the run's own evaluation averaged
-    results = []
-    for path in images:
+    for path in paths:
         x = normalise(read_image(path, checkpoint), checkpoint)
         with torch.no_grad():
             probs = torch.softmax(tta_logits(model, x, tta), 1)[0]
         top = probs.topk(min(topk, len(classes)))
-        results.append((str(path), [(classes[i], float(p)) for p, i in zip(top.values, top.indices)]))
-    return results
+        yield str(path), [(classes[i], float(p)) for p, i in zip(top.values, top.indices)]
+
+
+def predict(target, images: list, topk: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Top-k classes with probabilities for image files, folders or globs (`predict_stream`, as a list)."""
+    return list(predict_stream(target, images, topk))
+
+
+def predict_to_csv(target, images: list, out, topk: int = 5) -> int:
+    """Write path, top-1 class and probability … top-k to a CSV as the images stream through; the file appears
+    only when every image was read (an unreadable one leaves no half-written table). Returns the row count."""
+    import csv
+
+    rows = 0
+    with atomic_write(out, "w") as f:
+        writer = None
+        for path, top in predict_stream(target, images, topk):
+            if writer is None:
+                writer = csv.writer(f)
+                writer.writerow(["path"] + [f"{kind}{i}" for i in range(1, len(top) + 1) for kind in ("top", "p")])
+            writer.writerow([path] + [v for name, p in top for v in (name, f"{p:.6f}")])
+            rows += 1
+    return rows
