@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnlab.build import _subset
+from cnnlab.run_data import _subset
 
 COMMON = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
 

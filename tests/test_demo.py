@@ -10,7 +10,7 @@ import pytest
 from data_fixtures import serve_folder, tar_folder, write_image_folder, write_mnist_idx
 
 from cnnlab import CnnlabError
-from cnnlab.build import resolve_data
+from cnnlab.run_data import resolve_data
 from cnnlab.cli import main
 from cnnlab.config import TrainConfig
 from cnnlab.data import download_to_cache, official

@@ -129,7 +129,7 @@ def test_threads_deterministic_and_channels_last_are_applied_and_reported(tmp_pa
 
 
 def test_the_cpu_loader_hands_convolutional_models_channels_last_batches(tmp_path):
-    from cnnlab.build import build_data
+    from cnnlab.run_data import build_data
 
     config = TrainConfig(model="resnet18", dataset="cifar10", data=images(tmp_path), cache_dir=str(tmp_path / "c"))
     x, _ = next(iter(build_data(config, CPU).train))

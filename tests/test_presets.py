@@ -9,7 +9,7 @@ import pytest
 from data_fixtures import write_shared_datasets
 
 from cnnlab import presets
-from cnnlab.build import resolve_data
+from cnnlab.run_data import resolve_data
 from cnnlab.cli import build_parser, main
 from cnnlab.config import TrainConfig, config_from_args
 from cnnlab.sweep import plan, read_sweep, run_settings

@@ -1,5 +1,5 @@
-"""What a run builds before its loop: checked data paths, the device, the loaders, the model, the run folder,
-and the two objects the loop works with — `Setup` (fixed through the run) and `TrainState` (what a checkpoint
+"""What a run builds before its loop: its data (run_data.py: checked paths, loaders), the device, the model, the
+run folder, and the two objects the loop works with — `Setup` (fixed through the run) and `TrainState` (what a checkpoint
 restores). `start` does it in that order, so bad input fails before anything is written.
 
 (Not to be confused with `cnnlab data prepare`, which only fills the dataset cache.)
@@ -12,14 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cnnlab.averaging import EMA, Lookahead
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
-from cnnlab.data import load_dataset, split_train_val
-from cnnlab.data.loader import PRESETS, Augment, DeviceLoader, augment_preset, channel_stats
 from cnnlab.distributed import Dist, broadcast
 from cnnlab.finetune import freeze_backbone, load_initial_weights
 from cnnlab.early_stopping import EarlyStopping
@@ -30,66 +27,11 @@ from cnnlab.models import count_params, create_model, model_info
 from cnnlab.monitor import Monitor, default_monitor
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.recipes import apply_recipe, describe as describe_recipe
+from cnnlab.run_data import Data, build_data, resolve_data
 from cnnlab.runs import RunFolder, default_run_path
 from cnnlab.state import RESUME_KEYS, TrainState
 
-FULL_BATCH_CHUNK = 1024  # full-batch GD accumulates the exact mean gradient over chunks of this size
 INIT_IMAGES = 5000  # training images a model's init_from_data sees (speednet's patch statistics)
-
-
-def resolve_data(config: TrainConfig, say=print) -> TrainConfig:
-    """Check the run's data before anything is built: the path exists, holds the dataset named (or detect which
-    one it holds), and is stored absolute, so `cnnlab eval RUN` works from any folder. Cheap: no image decoded,
-    nothing fetched but what --download must.
-
-    Sweeps call this for every planned run before the first one starts.
-    """
-    from cnnlab.data import DATASETS, check_imagenet_root, detect_dataset
-
-    if config.dataset == "synthetic-linear":
-        return config
-    if config.download:
-        _choose_copy(config, say)
-    if config.data is None:
-        if config.dataset is None:
-            raise CnnlabError("say what to train on: --data PATH (its dataset is detected from the files) "
-                              "or --dataset synthetic-linear")
-        raise CnnlabError(f"{config.dataset} needs --data PATH (its folder or official archive)")
-    path = Path(config.data).expanduser()
-    if not path.exists():
-        raise CnnlabError(f"--data {config.data} does not exist; pass the dataset's folder or archive")
-    config.data = str(path.resolve())
-    if config.cache_dir is not None:
-        config.cache_dir = str(Path(config.cache_dir).expanduser().resolve())
-    if config.dataset == "imagenet":
-        check_imagenet_root(path)
-        return config
-    found = detect_dataset(path, config.cache_dir)
-    if config.dataset is None:
-        if found not in DATASETS:
-            raise CnnlabError(f"cannot tell which dataset {config.data} holds (its class folders name none that "
-                              f"cnnlab knows); pass --dataset, one of: {', '.join(DATASETS)}")
-        config.dataset = found
-    elif found not in ("images", config.dataset):
-        raise CnnlabError(f"{config.data} holds {found}, not {config.dataset}; pass --dataset {found} or the right path")
-    return config
-
-
-def _choose_copy(config: TrainConfig, say) -> None:
-    """--download: keep --data where it exists, else take the official files from the cache (fetching them the
-    first time). Say which copy the run reads: results on two copies may differ (the shared CIFAR-10 is
-    JPEG-recompressed, the official one is not)."""
-    from cnnlab.data import download_to_cache
-
-    given = config.data
-    if given is not None and Path(given).expanduser().exists():
-        say(f"data: {given} (it exists, so nothing is downloaded)")
-        return
-    if config.dataset is None:
-        raise CnnlabError("--download needs --dataset NAME to know what to fetch")
-    config.data = str(download_to_cache(config.dataset, config.cache_dir))
-    missing = f"{given} does not exist, so this run reads " if given is not None else ""
-    say(f"data: {missing}the official {config.dataset} files, downloaded into {config.data} and MD5-checked")
 
 
 def model_options(config: TrainConfig, image_shape: tuple, num_classes: int, task: str | None = None) -> dict:
@@ -116,122 +58,6 @@ def model_options(config: TrainConfig, image_shape: tuple, num_classes: int, tas
     size = image_shape[0] if len(image_shape) == 3 else 1
     channels = image_shape[2] if len(image_shape) == 3 else 1
     return {"name": spec.name, "num_classes": num_classes, "in_channels": channels, "image_size": size, **options}
-
-
-@dataclass
-class Data:
-    train: DeviceLoader
-    val: DeviceLoader | None
-    test: DeviceLoader
-    classes: list[str]
-    task: str
-    image_shape: tuple
-    mean: list | None
-    std: list | None
-    n_train: int
-    notes: dict = field(default_factory=dict)
-
-
-# Settings that add to whichever augmentation preset a run uses, when set to other than their default.
-ADDED_AUGMENTATION = ("cutout", "auto_augment", "randaugment_n", "randaugment_m", "mixup", "cutmix", "mix_prob")
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def _subset(n: int, subset: int | None) -> np.ndarray:
-    """`subset` indices by a fixed shuffle: archives are often sorted by class, and the first N hold one class."""
-    if subset is None or subset >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(0).permutation(n)[:subset])
-
-
-def _split(config: TrainConfig, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) indices into the full training set: the subset first, then the stratified hold-out."""
-    keep = _subset(len(labels), config.subset)
-    train_idx, val_idx = split_train_val(labels[keep], config.val_split, config.seed)
-    return keep[train_idx], keep[val_idx]
-
-
-def _batch_sizes(config: TrainConfig, n_train: int) -> tuple[int, int]:
-    """(training, evaluation) batch sizes; full-batch GD runs its one step over chunks of FULL_BATCH_CHUNK."""
-    batch = min(FULL_BATCH_CHUNK, n_train) if config.full_batch else config.batch_size
-    return batch, max(batch, 512)
-
-
-def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32, d: Dist = Dist()) -> Data:
-    """Load (cached) or stream, take the subset, hold out the stratified validation split, build the loaders."""
-    data = (_streamed_data if config.dataset == "imagenet" else _resident_data)(config, device, dtype, d)
-    data.train.full_batch, data.train.accumulate = config.full_batch, config.accumulate
-    data.notes.update(val_size=data.val.num_examples if data.val else 0, val_seed=config.seed)
-    return data
-
-
-def _streamed_data(config: TrainConfig, device: torch.device, dtype, d: Dist) -> Data:
-    """ImageNet-style folders: decoded by DataLoader workers, normalised on the device with ImageNet statistics."""
-    from cnnlab.data.stream import StreamingImageFolder, StreamLoader
-
-    batched = sorted(set(_added_augmentation(config)) & {"auto_augment", "mixup", "cutmix"})
-    if batched:
-        raise CnnlabError(f"--{batched[0].replace('_', '-')} works on datasets held in memory; {config.dataset} is "
-                          "streamed from disk, so leave it out")
-    root = Path(config.data).expanduser()
-    sizes = (config.image_size, config.resize_size)
-    train_set = StreamingImageFolder(root / "train", True, *sizes, seed=config.seed)
-    eval_set = StreamingImageFolder(root / "train", False, *sizes)
-    test_set = StreamingImageFolder(root / "val", False, *sizes)
-    if test_set.classes != train_set.classes:
-        raise CnnlabError(f"train and val class folders of {root} differ; both splits need the same classes")
-    train_idx, val_idx = _split(config, train_set.targets)
-    batch, _ = _batch_sizes(config, len(train_idx))  # decoded images are large: evaluate at the training batch
-    common = {"device": device, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "dtype": dtype,
-              "channels_last": _wants_channels_last(config.model, device), "workers": config.workers, "rank": d.rank,
-              "world_size": d.world_size}
-    train = StreamLoader(train_set, train_idx, batch_size=batch, train=True, seed=config.seed, **common)
-    val = StreamLoader(eval_set, val_idx, batch_size=batch, train=False, **common) if len(val_idx) else None
-    test = StreamLoader(test_set, _subset(len(test_set), config.test_subset), batch_size=batch, train=False,
-                        **common)
-    shape = (config.image_size, config.image_size, 3)
-    return Data(train, val, test, train_set.classes, "classification", shape, IMAGENET_MEAN, IMAGENET_STD,
-                len(train_idx), {"augment": "random-resized-crop + flip"})
-
-
-def _resident_data(config: TrainConfig, device: torch.device, dtype, d: Dist) -> Data:
-    """A dataset held in memory as uint8 arrays, moved to the device once (DeviceLoader)."""
-    ds = load_dataset(config.dataset, config.data, labels=config.labels, cache_dir=config.cache_dir)
-    x, y = ds.train.images, ds.train.labels
-    train_idx, val_idx = _split(config, y)
-    is_image = x.dtype == np.uint8
-    mean, std = channel_stats(x[train_idx]) if is_image else (None, None)
-    augment = _augmentation(config, ds.name, is_image, device)
-    batch, eval_batch = _batch_sizes(config, len(train_idx))
-    common = {"device": device, "mean": mean, "std": std, "dtype": dtype,
-              "channels_last": _wants_channels_last(config.model, device), "rank": d.rank,
-              "world_size": d.world_size}
-    train = DeviceLoader(x[train_idx], y[train_idx], batch_size=batch, train=True,
-                         augment=augment, seed=config.seed, num_classes=len(ds.classes), **common)
-    val = DeviceLoader(x[val_idx], y[val_idx], batch_size=eval_batch, **common) if len(val_idx) else None
-    keep_test = _subset(len(ds.test.labels), config.test_subset)
-    test = DeviceLoader(ds.test.images[keep_test], ds.test.labels[keep_test], batch_size=eval_batch, **common)
-    return Data(train, val, test, ds.classes, ds.task, tuple(x.shape[1:]), mean, std, len(train_idx),
-                dict(ds.notes, augment=str(augment)))
-
-
-def _added_augmentation(config: TrainConfig) -> dict:
-    """The augmentation settings that add to a preset (ADDED_AUGMENTATION) which the config sets."""
-    return {name: getattr(config, name) for name in ADDED_AUGMENTATION
-            if getattr(config, name) != getattr(Augment(), name)}
-
-
-def _augmentation(config: TrainConfig, dataset: str, is_image: bool, device: torch.device) -> Augment:
-    """The dataset's preset unless --augment names another, plus --cutout, --auto-augment and mixing; feature
-    vectors get none."""
-    added = _added_augmentation(config)
-    if not is_image:
-        for_images = sorted(set(added) - {"cutout"})
-        if for_images:
-            raise CnnlabError(f"--{for_images[0].replace('_', '-')} augments images, but {config.dataset} holds "
-                              "feature vectors; leave it out")
-        return augment_preset("none")
-    return augment_preset(config.augment or (dataset if dataset in PRESETS else "none"), **added)
 
 
 @dataclass

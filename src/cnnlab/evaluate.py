@@ -15,7 +15,7 @@ from cnnlab.data.images import IMAGE_SUFFIXES, is_image
 from cnnlab.data import STREAMED
 from cnnlab.engine import evaluate
 from cnnlab.tta import tta_logits
-from cnnlab.build import build_data
+from cnnlab.run_data import build_data
 from cnnlab.hardware import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model

@@ -161,7 +161,7 @@ def _choose_data(values: dict, root: Path) -> tuple[dict, str]:
 
 def _resolve(config: TrainConfig, seen: dict) -> None:
     """resolve_data once per distinct data setting: a sweep names the same archive many times, each check ~1 s."""
-    from cnnlab.build import resolve_data
+    from cnnlab.run_data import resolve_data
 
     key = (config.data, config.dataset, config.cache_dir, config.download)  # what resolve_data reads
     if key not in seen:
