@@ -27,7 +27,7 @@ from cnnlab.models import count_params, create_model, model_info
 from cnnlab.monitor import Monitor, default_monitor
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.recipes import apply_recipe, describe as describe_recipe
-from cnnlab.run_data import Data, build_data, resolve_data
+from cnnlab.run_data import Data, wants_channels_last, build_data, resolve_data
 from cnnlab.runs import RunFolder, default_run_path
 from cnnlab.state import RESUME_KEYS, TrainState
 
@@ -85,7 +85,7 @@ class Setup:
 
     @property
     def model_channels_last(self) -> bool:
-        return _wants_channels_last(self.options["name"], self.device)
+        return wants_channels_last(self.options["name"], self.device)
 
     @property
     def num_classes(self) -> int:
@@ -195,14 +195,8 @@ def bare_setup(config: TrainConfig, model, device: torch.device, steps_per_epoch
                              clip_grad_norm=config.clip_grad_norm)
 
 
-def _wants_channels_last(name: str, device: torch.device) -> bool:
-    """Convolutional models in channels_last (NHWC) memory on CUDA and on the CPU, where cuDNN's and oneDNN's
-    NHWC kernels are the fast ones (ResNet-18 on 2 CPU cores: 1.4× in fp32)."""
-    return device.type in ("cuda", "cpu") and model_info(name).channels_last
-
-
 def _memory_format(model, name: str, device: torch.device):
-    return model.to(memory_format=torch.channels_last) if _wants_channels_last(name, device) else model
+    return model.to(memory_format=torch.channels_last) if wants_channels_last(name, device) else model
 
 
 def _reopen(resume: str, config: TrainConfig | None, d: Dist, stack):

@@ -13,8 +13,15 @@ from cnnlab.data import load_dataset, split_train_val
 from cnnlab.data.loader import PRESETS, Augment, DeviceLoader, augment_preset, channel_stats
 from cnnlab.distributed import Dist
 from cnnlab.errors import CnnlabError
+from cnnlab.models import model_info
 
 FULL_BATCH_CHUNK = 1024  # full-batch GD accumulates the exact mean gradient over chunks of this size
+
+
+def wants_channels_last(name: str, device: torch.device) -> bool:
+    """Convolutional models in channels_last (NHWC) memory on CUDA and on the CPU, where cuDNN's and oneDNN's
+    NHWC kernels are the fast ones (ResNet-18 on 2 CPU cores: 1.4× in fp32)."""
+    return device.type in ("cuda", "cpu") and model_info(name).channels_last
 
 
 def resolve_data(config: TrainConfig, say=print) -> TrainConfig:
@@ -137,7 +144,7 @@ def _streamed_data(config: TrainConfig, device: torch.device, dtype, d: Dist) ->
     train_idx, val_idx = _split(config, train_set.targets)
     batch, _ = _batch_sizes(config, len(train_idx))  # decoded images are large: evaluate at the training batch
     common = {"device": device, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "dtype": dtype,
-              "channels_last": _wants_channels_last(config.model, device), "workers": config.workers, "rank": d.rank,
+              "channels_last": wants_channels_last(config.model, device), "workers": config.workers, "rank": d.rank,
               "world_size": d.world_size}
     train = StreamLoader(train_set, train_idx, batch_size=batch, train=True, seed=config.seed, **common)
     val = StreamLoader(eval_set, val_idx, batch_size=batch, train=False, **common) if len(val_idx) else None
@@ -158,7 +165,7 @@ def _resident_data(config: TrainConfig, device: torch.device, dtype, d: Dist) ->
     augment = _augmentation(config, ds.name, is_image, device)
     batch, eval_batch = _batch_sizes(config, len(train_idx))
     common = {"device": device, "mean": mean, "std": std, "dtype": dtype,
-              "channels_last": _wants_channels_last(config.model, device), "rank": d.rank,
+              "channels_last": wants_channels_last(config.model, device), "rank": d.rank,
               "world_size": d.world_size}
     train = DeviceLoader(x[train_idx], y[train_idx], batch_size=batch, train=True,
                          augment=augment, seed=config.seed, num_classes=len(ds.classes), **common)
