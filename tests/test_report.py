@@ -127,8 +127,10 @@ def test_write_report_is_self_contained(sweep, tmp_path):
     assert not re.search(r"https?://", text, re.I)
     assert not re.search(r"<script|<link|<iframe|url\(|@import|src=\"(?!data:)", text, re.I)
     sources = re.findall(r'<img src="([^"]*)"', text)
-    # curves, one bar chart for hidden and lr (changed together: the same bars), the best run's confusion matrix
-    assert len(sources) == 1 + 1 + 1
+    # curves, one factor chart for hidden and lr (changed together: the same dots), the best run's confusion
+    # matrix and reliability diagram
+    assert len(sources) == 1 + 1 + 1 + 1
+    assert "expected calibration error" in text
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:

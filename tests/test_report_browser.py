@@ -83,7 +83,7 @@ def test_every_image_decodes_and_the_console_is_silent(report, tmp_path):
 
     page = result["report"]
     assert page["title"] == "cnnlab report: 4 runs" and page["text"] > 500
-    assert len(page["images"]) == 3  # curves, the bar chart, the confusion matrix
+    assert len(page["images"]) == 4  # curves, the factor chart, the confusion matrix, the reliability diagram
     assert all(im["done"] and im["width"] > 100 and im["src"] == "data:image/png;base64," for im in page["images"]), \
         page["images"]
     assert console(done.stderr, "index.html") == []

@@ -146,7 +146,10 @@ def test_vgg_on_a_cifar10_subset_then_eval_and_predict(tmp_path, cache, capsys):
     assert main(["eval", str(out), "--split", "val"]) == 0
     text = capsys.readouterr().out
     assert re.match(r"val( \(\d+ images\))?: loss", text) and "airplane" in text, text
-    assert (out / "confusion_val.png").is_file()
+    assert (out / "confusion_val.png").is_file() and (out / "reliability_val.png").is_file()
+    assert "calibration: expected calibration error" in text
+    evaluation = json.loads((out / "eval_val.json").read_text())
+    assert 0 <= evaluation["ece"] <= 1 and sum(b["count"] for b in evaluation["calibration"]) == evaluation["n"]
     image = tmp_path / "cat.png"
     from PIL import Image
     import numpy as np

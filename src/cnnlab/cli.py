@@ -99,6 +99,9 @@ def _eval(args) -> None:
         print(f"  {name:<24} {acc:.4f}")
     if "confusion_png" in result:
         print(f"confusion matrix: {result['confusion_png']}")
+    if "ece" in result:
+        print(f"calibration: expected calibration error {result['ece']:.4f} ({len(result['calibration'])} bins); "
+              f"reliability diagram: {result['reliability_png']}")
     if "predictions" in result:
         print(f"predictions: {result['predictions']}")
 

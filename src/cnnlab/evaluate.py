@@ -48,7 +48,8 @@ def load_model(target, device="cpu"):
 
 def evaluate_run(target, split: str = "test", data: str | None = None, device: str = "auto",
                  out_dir: Path | None = None, save_predictions: str | None = None) -> dict:
-    """Top-1/top-5, per-class accuracy and a confusion-matrix PNG for `split` (test or val).
+    """Top-1/top-5, per-class accuracy, a confusion-matrix PNG and calibration (ECE, reliability PNG) for `split`
+    (test or val).
 
     `save_predictions`: a file for each example's logits, probabilities and labels (`predictions.write_predictions`;
     "" is out_dir's predictions_SPLIT.npz), named in the result's "predictions".
@@ -87,6 +88,11 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
         result["confusion_png"] = str(save_confusion(confusion, loaders.classes,
                                                      out_dir / f"confusion_{split}.png"))
         result["confusion"] = confusion.tolist()
+        from cnnlab.calibration import calibration, save_reliability
+
+        calibrated = calibration(torch.softmax(logits.float(), 1).numpy(), truth)
+        result["ece"], result["calibration"] = calibrated["ece"], calibrated["bins"]
+        result["reliability_png"] = str(save_reliability(calibrated, out_dir / f"reliability_{split}.png"))
         # Reports read per-class accuracy from here; they never load checkpoints.
         with atomic_write(out_dir / f"eval_{split}.json", "w") as f:
             f.write(json.dumps(result, indent=1) + "\n")

@@ -114,6 +114,12 @@ def _best_run_blocks(runs, metric) -> list[tuple]:
     else:
         blocks.append(("note", f"No confusion matrix: {best.path} has no readable confusion_test.png; run "
                                f"`cnnlab eval {best.path}` to make one."))
+    reliability = best.reliability_png.read_bytes() if best.reliability_png else b""
+    if best.ece is not None and reliability.startswith(b"\x89PNG\r\n\x1a\n"):
+        blocks += [("p", f"Calibration on the test split: expected calibration error {best.ece:.4f} (15 "
+                         "equal-width confidence bins; 0 means each confidence equals the accuracy at it)."),
+                   ("img", "reliability_best.png", reliability, f"reliability diagram on the test split for "
+                                                                f"{best.name}")]
     if best.per_class:
         blocks += [("p", "Per-class test accuracy:"),
                    ("table", [{"class": c, "accuracy": a} for c, a in best.per_class.items()])]

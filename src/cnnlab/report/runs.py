@@ -16,6 +16,7 @@ from cnnlab.runs import metrics_row_problem, read_config_values, read_metrics
 REQUIRED = ("config.toml", "metrics.csv", "summary.json")
 # `cnnlab eval` writes the confusion matrix here; the per-class file is optional (see `_per_class`).
 CONFUSION_PNG = "confusion_test.png"
+RELIABILITY_PNG = "reliability_test.png"
 EVAL_JSON = "eval_test.json"
 
 
@@ -30,6 +31,8 @@ class Run:
     name: str = ""
     per_class: dict | None = None
     confusion_png: Path | None = None
+    reliability_png: Path | None = None
+    ece: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def column(self, key: str) -> list[tuple[int, float]]:
@@ -65,7 +68,16 @@ def load_run(path) -> Run:
     if (path / CONFUSION_PNG).is_file():
         run.confusion_png = path / CONFUSION_PNG
     run.per_class = _per_class(path / EVAL_JSON, run)
+    if run.per_class is not None and (path / RELIABILITY_PNG).is_file():
+        run.reliability_png = path / RELIABILITY_PNG
+        run.ece = _ece(path / EVAL_JSON)
     return run
+
+
+def _ece(path: Path) -> float | None:
+    """The expected calibration error in eval_test.json (evaluations before calibration was added have none)."""
+    value = json.loads(path.read_text(encoding="utf-8")).get("ece")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def find_runs(paths) -> tuple[list[Path], list[str]]:
