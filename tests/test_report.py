@@ -299,3 +299,17 @@ def test_the_report_draws_the_grad_norm_where_runs_have_it_and_old_runs_still_pl
     width_without = Image.open(save_curves(rows, tmp_path / "a.png", small=True)).width
     rows[0]["grad_norm"] = "2.5"
     assert Image.open(save_curves(rows, tmp_path / "b.png", small=True)).width > 1.3 * width_without
+
+
+def test_the_most_confused_pairs_by_hand():
+    from cnnlab.report.runs import confused_pairs
+
+    confusion = [[8, 2, 0],   # cat: 2 taken for dog
+                 [5, 4, 1],   # dog: 5 taken for cat, 1 for fox
+                 [0, 0, 10]]  # fox: all right
+    pairs = confused_pairs(confusion, ["cat", "dog", "fox"])
+    assert pairs == [{"true": "dog", "predicted": "cat", "count": 5, "share of true class": 0.5},
+                     {"true": "cat", "predicted": "dog", "count": 2, "share of true class": 0.2},
+                     {"true": "dog", "predicted": "fox", "count": 1, "share of true class": 0.1}]
+    assert confused_pairs([[3, 0], [0, 4]], ["a", "b"]) == []  # no mistakes, no table
+    assert len(confused_pairs([[0, 1, 1], [1, 0, 1], [1, 1, 0]], list("abc"), top=2)) == 2

@@ -15,7 +15,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.report.compare import (GROUP_IGNORED, IDENTITY, IGNORED, Stat, best_run, differing_fields, run_metrics,
                                    format_value, group_runs, grouped_table, primary_metric, results_table)
 from cnnlab.report.plots import factor_figures, plot_runs
-from cnnlab.report.runs import load_runs
+from cnnlab.report.runs import confused_pairs, load_runs
 
 HEADERS = {"best_val_acc": "best val acc", "best_val_loss": "best val loss", "test_top1": "test top-1",
            "test_top5": "test top-5", "test_loss": "test loss", "wall_seconds": "wall s",
@@ -123,6 +123,10 @@ def _best_run_blocks(runs, metric) -> list[tuple]:
     if best.per_class:
         blocks += [("p", "Per-class test accuracy:"),
                    ("table", [{"class": c, "accuracy": a} for c, a in best.per_class.items()])]
+        pairs = confused_pairs(best.confusion, list(best.per_class)) if best.confusion else []
+        if pairs:
+            blocks += [("p", "The most-confused pairs on the test split (true class → predicted class):"),
+                       ("table", pairs)]
     else:
         blocks.append(("note", "No per-class accuracy in the run folder (eval_test.json); left out."))
     return blocks

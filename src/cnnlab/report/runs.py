@@ -33,6 +33,7 @@ class Run:
     confusion_png: Path | None = None
     reliability_png: Path | None = None
     ece: float | None = None
+    confusion: list | None = None  # eval_test.json's counts, rows = true class in per_class's order
     notes: list[str] = field(default_factory=list)
 
     def column(self, key: str) -> list[tuple[int, float]]:
@@ -68,16 +69,24 @@ def load_run(path) -> Run:
     if (path / CONFUSION_PNG).is_file():
         run.confusion_png = path / CONFUSION_PNG
     run.per_class = _per_class(path / EVAL_JSON, run)
-    if run.per_class is not None and (path / RELIABILITY_PNG).is_file():
-        run.reliability_png = path / RELIABILITY_PNG
-        run.ece = _ece(path / EVAL_JSON)
+    if run.per_class is not None:
+        evaluation = json.loads((path / EVAL_JSON).read_text(encoding="utf-8"))
+        confusion = evaluation.get("confusion")
+        if isinstance(confusion, list) and len(confusion) == len(run.per_class):
+            run.confusion = confusion
+        ece = evaluation.get("ece")  # evaluations before calibration was added have none
+        if isinstance(ece, (int, float)) and (path / RELIABILITY_PNG).is_file():
+            run.reliability_png, run.ece = path / RELIABILITY_PNG, float(ece)
     return run
 
 
-def _ece(path: Path) -> float | None:
-    """The expected calibration error in eval_test.json (evaluations before calibration was added have none)."""
-    value = json.loads(path.read_text(encoding="utf-8")).get("ece")
-    return float(value) if isinstance(value, (int, float)) else None
+def confused_pairs(confusion: list, classes: list[str], top: int = 5) -> list[dict]:
+    """The `top` most frequent mistakes, true class → predicted class, with their count and their share of the true
+    class's examples; none when every example is right."""
+    pairs = [{"true": classes[i], "predicted": classes[j], "count": int(n), "share of true class":
+              round(int(n) / max(1, sum(row)), 4)}
+             for i, row in enumerate(confusion) for j, n in enumerate(row) if i != j and n]
+    return sorted(pairs, key=lambda p: (-p["count"], p["true"], p["predicted"]))[:top]
 
 
 def find_runs(paths) -> tuple[list[Path], list[str]]:
