@@ -120,6 +120,13 @@ def write_image_folder(root: Path, classes=CIFAR10, per_class=2, size=32, splits
     return root, truth
 
 
+def write_train_test_tree(root: Path, train_per_class: int, test_per_class: int) -> Path:
+    """A CIFAR-10-named image folder with its own numbers of training and test images per class."""
+    write_image_folder(root, per_class=train_per_class, splits=("train",))
+    write_image_folder(root, per_class=test_per_class, splits=("test",))
+    return root
+
+
 def wnids(n=200):
     return [f"n{10000000 + k:08d}" for k in range(n)]
 

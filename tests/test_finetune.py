@@ -9,16 +9,13 @@ from cnnlab.config import TrainConfig
 from cnnlab.finetune import classifier, load_initial_weights
 from cnnlab.models import create_model
 from cnnlab.optim import build_optimizer
-from data_fixtures import write_image_folder
+from data_fixtures import write_train_test_tree
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     """A CIFAR-10-named image folder: 10 classes × 8 train images, 2 test images each (32 px)."""
-    root = tmp_path_factory.mktemp("tree")
-    write_image_folder(root, per_class=8, splits=("train",))
-    write_image_folder(root, per_class=2, splits=("test",))
-    return root
+    return write_train_test_tree(tmp_path_factory.mktemp("tree"), 8, 2)
 
 
 def train(tmp_path, name, *argv):

@@ -12,16 +12,13 @@ from cnnlab.cli import main
 from cnnlab.config import TrainConfig
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.early_stopping import EarlyStopping
-from data_fixtures import write_image_folder
+from data_fixtures import write_train_test_tree
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     """A CIFAR-10-named image folder: 10 classes × 3 train images (30), 2 test images each."""
-    root = tmp_path_factory.mktemp("tree")
-    write_image_folder(root, per_class=3, splits=("train",))
-    write_image_folder(root, per_class=2, splits=("test",))
-    return root
+    return write_train_test_tree(tmp_path_factory.mktemp("tree"), 3, 2)
 
 
 def train(tmp_path, *argv) -> tuple[int, str]:

@@ -18,6 +18,7 @@ from cnnlab.config import TrainConfig
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.distributed import Dist, any_true, barrier
 from cnnlab.errors import CnnlabError
+from cnnlab.run_data import FULL_BATCH_CHUNK
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.interrupt import StopRequest
 from cnnlab.metrics import Sums, has_top5, loss_fn
@@ -66,6 +67,11 @@ def step_function(config: TrainConfig, model, device: torch.device, steps_per_ep
     return lambda x, y: train_step(setup, state, x, y, len(y))[0].detach()
 
 
+def _unit(loader: DeviceLoader) -> str:
+    """What the loop's batch index counts: optimizer steps, or batches where several make one step."""
+    return "step" if loader.batches_per_step == 1 else "batch"
+
+
 def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) -> tuple[Sums, int]:
     """One pass over the training loader, from where a resumed run stopped inside it, if it did.
 
@@ -80,8 +86,7 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
         sums.load(state.position["sums"])
         first, state.position = state.position["batch"], None
     state.model.train()
-    progress = Progress(len(loader), epoch, setup.config.epochs, setup.say,
-                        "step" if loader.batches_per_step == 1 else "batch")
+    progress = Progress(len(loader), epoch, setup.config.epochs, setup.say, _unit(loader))
     for batch, (x, y) in enumerate(loader, start=first):
         step_first, step_last, step_examples = loader.step_span(batch)
         loss, out, grad_norm = train_step(setup, state, x, y, step_examples, batch == step_first, batch == step_last)
@@ -156,8 +161,8 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) ->
         lr = state.position.get("lr", lr)
     sums, done = train_one_epoch(setup, state, stop, epoch)
     if any_true(int(setup.nonfinite_step) >= 0 or not math.isfinite(float(sums.loss)), d, setup.device):
-        unit = "step" if state.loader.batches_per_step == 1 else "batch"
-        reason = (f"loss became NaN or infinite in epoch {epoch} ({unit} {int(setup.nonfinite_step) + 1}); "
+        reason = (f"loss became NaN or infinite in epoch {epoch} ({_unit(state.loader)} "
+                  f"{int(setup.nonfinite_step) + 1}); "
                   "the last good checkpoint is kept — lower the learning rate (--lr) and try again")
         setup.say(reason, err=True)
         return reason
@@ -200,8 +205,9 @@ def _out_of_memory_is_one_line(setup: Setup, state: TrainState):
         yield
     except OUT_OF_MEMORY:
         size = setup.config.batch_size
+        smaller = FULL_BATCH_CHUNK if setup.config.full_batch else max(1, size // 2)
         kept = [name for name in ("last.pt", "best.pt") if setup.run.file(name).exists()]
-        reason = (f"{setup.device.type.upper()} out of memory at batch {size}: try --batch-size {max(1, size // 2)}"
+        reason = (f"{setup.device.type.upper()} out of memory at batch {size}: try --batch-size {smaller}"
                   + (f" (the run folder keeps {' and '.join(kept)} from epoch {state.epoch})" if kept else ""))
         setup.run.log(reason)  # the CLI prints it, once
         raise CnnlabError(reason) from None
