@@ -31,7 +31,7 @@ SEEDS = (0, 1)
 
 
 def make_sweep(root: Path) -> Path:
-    """root/sweep/<config>-s<seed>: four finished runs; the best one (by validation) also evaluated, as eval does."""
+    """root/sweep/<config>-s<seed>: four finished runs; the best of each config (by validation) also evaluated."""
     from cnnlab.evaluate import evaluate_run
 
     tree, _ = write_image_folder(root / "tree", per_class=4)
@@ -41,9 +41,8 @@ def make_sweep(root: Path) -> Path:
             fit(TrainConfig(model="mlp", dataset="cifar10", data=str(tree), cache_dir=str(root / "cache"),
                             epochs=2, batch_size=16, val_split=0.25, seed=seed, out=str(sweep / f"{name}-s{seed}"),
                             **options))
-    best = best_run([sweep])
-    result = evaluate_run(best.path)  # writes confusion_test.png into the run folder
-    (best.path / "eval_test.json").write_text(json.dumps(result))
+    for group in group_runs([sweep]):  # the best run of each group, evaluated as the report's hint asks
+        evaluate_run(best_run(group.runs).path)  # writes eval_test.json, confusion_test.png, filters.png …
     return sweep
 
 
@@ -127,10 +126,12 @@ def test_write_report_is_self_contained(sweep, tmp_path):
     assert not re.search(r"https?://", text, re.I)
     assert not re.search(r"<script|<link|<iframe|url\(|@import|src=\"(?!data:)", text, re.I)
     sources = re.findall(r'<img src="([^"]*)"', text)
-    # curves, one factor chart for hidden and lr (changed together: the same dots), the best run's confusion
-    # matrix and reliability diagram
-    assert len(sources) == 1 + 1 + 1 + 1
-    assert "expected calibration error" in text
+    # curves, one factor chart for hidden and lr (changed together: the same dots), then for the best run and the
+    # other group's best: confusion matrix, reliability diagram, first-layer weights, most confident mistakes
+    assert len(sources) == 1 + 1 + 2 * 4
+    assert text.count("expected calibration error") == 2 and text.count("most confident mistakes") == 2
+    assert "Best run: " in text and re.search(r"Best of its group: \w-s\d<", text)
+    assert re.search(r"the best of the 2 runs with hidden=(16|32), lr=0\.(05|1), by best val acc", text)
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:

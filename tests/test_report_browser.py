@@ -83,7 +83,9 @@ def test_every_image_decodes_and_the_console_is_silent(report, tmp_path):
 
     page = result["report"]
     assert page["title"] == "cnnlab report: 4 runs" and page["text"] > 500
-    assert len(page["images"]) == 4  # curves, the factor chart, the confusion matrix, the reliability diagram
+    # curves, the factor chart; for each group's best run: confusion matrix, reliability diagram, first-layer
+    # weights, most confident mistakes
+    assert len(page["images"]) == 2 + 2 * 4
     assert all(im["done"] and im["width"] > 100 and im["src"] == "data:image/png;base64," for im in page["images"]), \
         page["images"]
     assert console(done.stderr, "index.html") == []

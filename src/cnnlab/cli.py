@@ -102,6 +102,10 @@ def _eval(args) -> None:
     if "ece" in result:
         print(f"calibration: expected calibration error {result['ece']:.4f} ({len(result['calibration'])} bins); "
               f"reliability diagram: {result['reliability_png']}")
+    if "filters_png" in result:
+        print(f"first layer's weights: {result['filters_png']}")
+    if "mistakes_png" in result:
+        print(f"most confident mistakes: {result['mistakes_png']}")
     if "predictions" in result:
         print(f"predictions: {result['predictions']}")
 

@@ -90,12 +90,34 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
         result["confusion"] = confusion.tolist()
         from cnnlab.calibration import calibration, save_reliability
 
-        calibrated = calibration(torch.softmax(logits.float(), 1).numpy(), truth)
+        probabilities = torch.softmax(logits.float(), 1).numpy()
+        calibrated = calibration(probabilities, truth)
         result["ece"], result["calibration"] = calibrated["ece"], calibrated["bins"]
         result["reliability_png"] = str(save_reliability(calibrated, out_dir / f"reliability_{split}.png"))
+        result.update(_gallery(model, checkpoint, loader, probabilities, truth, loaders.classes, split, out_dir))
         # Reports read per-class accuracy from here; they never load checkpoints.
         with atomic_write(out_dir / f"eval_{split}.json", "w") as f:
             f.write(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _gallery(model, checkpoint: dict, loader, probabilities, truth, classes: list, split: str, out_dir: Path) -> dict:
+    """The first layer's weights (filters.png) and the most confident mistakes (mistakes_SPLIT.png) as pictures,
+    and the mistakes as data (index into the split, true and predicted class, probability)."""
+    from cnnlab.gallery import confident_mistakes, save_filters, save_mistakes, split_images
+
+    name = checkpoint["model_options"]["name"]
+    result = {}
+    filters = save_filters(model, checkpoint["image_shape"], out_dir / "filters.png", title=f"{name}: ")
+    if filters is not None:
+        result["filters_png"] = str(filters)
+    if len(checkpoint["image_shape"]) == 3:
+        mistakes = confident_mistakes(probabilities, truth)
+        images = split_images(loader, [m["index"] for m in mistakes])
+        result["mistakes_png"] = str(save_mistakes(mistakes, images, classes, out_dir / f"mistakes_{split}.png",
+                                                   title=f"{name} on the {split} split: "))
+        result["mistakes"] = [{**m, "true": classes[m["true"]], "predicted": classes[m["predicted"]]}
+                              for m in mistakes]
     return result
 
 

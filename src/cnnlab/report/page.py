@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.report.compare import (GROUP_IGNORED, IDENTITY, IGNORED, Stat, best_run, differing_fields, run_metrics,
-                                   format_value, group_runs, grouped_table, primary_metric, results_table)
+from cnnlab.report.compare import (GROUP_IGNORED, IDENTITY, IGNORED, Stat, best_run, differing_fields, factors,
+                                   format_value, group_runs, grouped_table, primary_metric, results_table,
+                                   run_metrics)
 from cnnlab.report.plots import factor_figures, plot_runs
 from cnnlab.report.runs import confused_pairs, load_runs
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEADERS = {"best_val_acc": "best val acc", "best_val_loss": "best val loss", "test_top1": "test top-1",
            "test_top5": "test top-5", "test_loss": "test loss", "wall_seconds": "wall s",
            "images_per_second": "images/s"}
@@ -98,7 +100,11 @@ def report_blocks(runs) -> list[tuple]:
     return blocks
 
 
+MAX_GROUP_SECTIONS = 8  # beyond this many seed groups only the best run overall is shown in detail
+
+
 def _best_run_blocks(runs, metric) -> list[tuple]:
+    """The best run's evaluation pictures and tables, then the same for the best run of every other seed group."""
     best = best_run(runs)
     if best is None:
         return [("h2", "Best run"), ("note", "No run has a validation result to choose the best run by "
@@ -106,24 +112,55 @@ def _best_run_blocks(runs, metric) -> list[tuple]:
     value = run_metrics(best)[metric]
     why = f"chosen by {HEADERS[metric]} {value:.4g}" if value is not None else "the only run"
     blocks = [("h2", f"Best run: {best.name}"), ("p", f"{best.path} — {why}, never by the test split.")]
-    if best.summary.get("test_top1") is None and best.best("val_acc") is None:
-        return blocks  # regression: there is no confusion matrix or per-class accuracy to show
-    data = best.confusion_png.read_bytes() if best.confusion_png else b""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        blocks.append(("img", "confusion_best.png", data, f"confusion matrix on the test split for {best.name}"))
+    blocks += _evaluation_blocks(best, "best")
+    groups = group_runs(runs)
+    others = [g for g in groups if best not in g.runs]
+    if others and len(groups) > MAX_GROUP_SECTIONS:
+        return blocks + [("note", f"The runs form {len(groups)} seed groups: only the best run overall is shown in "
+                                  f"detail (up to {MAX_GROUP_SECTIONS} groups each get their best run's section); "
+                                  "report on fewer runs to see each group's.")]
+    varied = factors(groups)
+    for number, group in enumerate(others, start=1):
+        run = best_run(group.runs)
+        if run is None:
+            continue
+        value = run_metrics(run)[metric]
+        settings = ", ".join(f"{k}={format_value(group.config.get(k))}" for k in varied)
+        blocks += [("h2", f"Best of its group: {run.name}"),
+                   ("p", f"{run.path} — the best of the {len(group.runs)} run{'s' if len(group.runs) > 1 else ''} "
+                         f"with {settings}" + (f", by {HEADERS[metric]} {value:.4g}" if value is not None else "")
+                         + ".")]
+        blocks += _evaluation_blocks(run, f"group{number}")
+    return blocks
+
+
+def _evaluation_blocks(run, tag: str) -> list[tuple]:
+    """What `cnnlab eval` left in a run folder: confusion matrix, calibration, the first layer's weights, the most
+    confident mistakes, per-class accuracy and the most-confused pairs; a note for what is missing."""
+    if run.summary.get("test_top1") is None and run.best("val_acc") is None:
+        return []  # regression: there is no confusion matrix or per-class accuracy to show
+    blocks = []
+    data = run.confusion_png.read_bytes() if run.confusion_png else b""
+    if data.startswith(PNG_SIGNATURE):
+        blocks.append(("img", f"confusion_{tag}.png", data, f"confusion matrix on the test split for {run.name}"))
     else:
-        blocks.append(("note", f"No confusion matrix: {best.path} has no readable confusion_test.png; run "
-                               f"`cnnlab eval {best.path}` to make one."))
-    reliability = best.reliability_png.read_bytes() if best.reliability_png else b""
-    if best.ece is not None and reliability.startswith(b"\x89PNG\r\n\x1a\n"):
-        blocks += [("p", f"Calibration on the test split: expected calibration error {best.ece:.4f} (15 "
+        blocks.append(("note", f"No confusion matrix: {run.path} has no readable confusion_test.png; run "
+                               f"`cnnlab eval {run.path}` to make one."))
+    reliability = run.reliability_png.read_bytes() if run.reliability_png else b""
+    if run.ece is not None and reliability.startswith(PNG_SIGNATURE):
+        blocks += [("p", f"Calibration on the test split: expected calibration error {run.ece:.4f} (15 "
                          "equal-width confidence bins; 0 means each confidence equals the accuracy at it)."),
-                   ("img", "reliability_best.png", reliability, f"reliability diagram on the test split for "
-                                                                f"{best.name}")]
-    if best.per_class:
+                   ("img", f"reliability_{tag}.png", reliability, f"reliability diagram on the test split for "
+                                                                  f"{run.name}")]
+    for path, name, alt in ((run.filters_png, "filters", "the first layer's weights as images"),
+                            (run.mistakes_png, "mistakes", "the most confident mistakes on the test split")):
+        picture = path.read_bytes() if path else b""
+        if picture.startswith(PNG_SIGNATURE):
+            blocks.append(("img", f"{name}_{tag}.png", picture, f"{alt} for {run.name}"))
+    if run.per_class:
         blocks += [("p", "Per-class test accuracy:"),
-                   ("table", [{"class": c, "accuracy": a} for c, a in best.per_class.items()])]
-        pairs = confused_pairs(best.confusion, list(best.per_class)) if best.confusion else []
+                   ("table", [{"class": c, "accuracy": a} for c, a in run.per_class.items()])]
+        pairs = confused_pairs(run.confusion, list(run.per_class)) if run.confusion else []
         if pairs:
             blocks += [("p", "The most-confused pairs on the test split (true class → predicted class):"),
                        ("table", pairs)]

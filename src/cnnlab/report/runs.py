@@ -17,6 +17,8 @@ REQUIRED = ("config.toml", "metrics.csv", "summary.json")
 # `cnnlab eval` writes the confusion matrix here; the per-class file is optional (see `_per_class`).
 CONFUSION_PNG = "confusion_test.png"
 RELIABILITY_PNG = "reliability_test.png"
+FILTERS_PNG = "filters.png"  # the first layer's weights, and the most confident test mistakes (gallery.py)
+MISTAKES_PNG = "mistakes_test.png"
 EVAL_JSON = "eval_test.json"
 
 
@@ -33,6 +35,8 @@ class Run:
     confusion_png: Path | None = None
     reliability_png: Path | None = None
     ece: float | None = None
+    filters_png: Path | None = None
+    mistakes_png: Path | None = None
     confusion: list | None = None  # eval_test.json's counts, rows = true class in per_class's order
     notes: list[str] = field(default_factory=list)
 
@@ -77,6 +81,9 @@ def load_run(path) -> Run:
         ece = evaluation.get("ece")  # evaluations before calibration was added have none
         if isinstance(ece, (int, float)) and (path / RELIABILITY_PNG).is_file():
             run.reliability_png, run.ece = path / RELIABILITY_PNG, float(ece)
+        # evaluations before the gallery was added have neither picture
+        run.filters_png = path / FILTERS_PNG if (path / FILTERS_PNG).is_file() else None
+        run.mistakes_png = path / MISTAKES_PNG if (path / MISTAKES_PNG).is_file() else None
     return run
 
 
