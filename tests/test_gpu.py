@@ -156,3 +156,26 @@ def test_training_steps_do_not_wait_for_the_gpu(tmp_path, settings):
     print("sync points (2 epochs, 13 steps an epoch):", dict(fewer))
     print("grew with the steps:", grown)
     assert sum(grown.values()) < 2 * 12 / 2, grown  # a per-step wait would add ≥ 24 over the 2 epochs
+
+
+def test_a_run_trained_on_cuda_is_evaluated_explained_and_exported(tmp_path):
+    """What `cnnlab eval`, `explain` and `export` do with a bf16 channels_last run trained on the GPU: eval on the
+    GPU agrees with eval on the CPU, and draws its pictures from the split's images held on the GPU."""
+    from cnnlab.evaluate import evaluate_run
+    from cnnlab.explain import explain_run
+    from cnnlab.export import export_model
+
+    folder, truth = write_image_folder(tmp_path / "tree", per_class=20)
+    run = fit(TrainConfig(model="resnet18", dataset="cifar10", data=str(folder), cache_dir=str(tmp_path / "cache"),
+                          epochs=2, batch_size=32, lr=0.05, device="cuda", val_split=0.2,
+                          out=str(tmp_path / "run"))).path
+    on_gpu = evaluate_run(run, device="cuda")
+    on_cpu = evaluate_run(run, device="cpu", out_dir=tmp_path / "cpu")
+    assert on_gpu["acc"] == pytest.approx(on_cpu["acc"], abs=0.02)  # bf16 is not used in eval: fp32 on both
+    assert len(on_gpu["mistakes"]) == len(on_cpu["mistakes"]) > 0
+    for key in ("filters_png", "mistakes_png", "confusion_png", "reliability_png"):
+        assert (run / on_gpu[key].split("/")[-1]).is_file()
+    image = folder / next(name for name in truth if name.startswith("test/"))
+    assert explain_run(run, [image], out_dir=tmp_path / "explain")[0].is_file()
+    exported = export_model(run, "torchscript", out=tmp_path / "model.pt")  # checked against PyTorch ≤ 1e-4
+    assert exported.path.is_file() and exported.max_diff <= 1e-4

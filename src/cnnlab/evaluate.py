@@ -78,6 +78,7 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
         per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
         result["per_class"] = dict(zip(loaders.classes, per_class.round(4).tolist()))
         out_dir = Path(out_dir or (target if Path(target).is_dir() else Path(target).parent))
+        out_dir.mkdir(parents=True, exist_ok=True)
         if save_predictions is not None:
             from cnnlab.predictions import write_predictions
 
