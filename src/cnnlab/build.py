@@ -154,28 +154,40 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
                   nonfinite_step=torch.full((), -1, device=device, dtype=torch.int64))
     state = _state(model, setup)
     if checkpoint is None:
-        setup.say(f"training {options['name']} ({count_params(model):,} parameters) on {config.dataset}: "
-                  f"{data.n_train} train / {data.val.num_examples if data.val else 0} val / "
-                  f"{data.test.num_examples} test, {device} → {run.path}")
-        if recipe:
-            setup.say(describe_recipe(config.model, recipe))
-        setup.say(describe_method(config, data))
-        for line in tuning:
-            setup.say(line)
-        if d.enabled:
-            setup.say(describe_processes(config, d))
-        if getattr(data.train, "mixer", None):
-            setup.say(data.train.mixer.describe())
-        setup.say(describe_machine(setup))
-        return setup, state
+        _introduce(setup, model, recipe, tuning)
+    else:
+        _restore(setup, state, checkpoint, rewrite_config)
+    return setup, state
+
+
+def _introduce(setup: Setup, model, recipe: dict, tuning: list[str]) -> None:
+    """A new run's first lines: what trains on what, the recipe's choices, the method, the processes, the machine."""
+    config, data, d = setup.config, setup.data, setup.d
+    setup.say(f"training {setup.options['name']} ({count_params(model):,} parameters) on {config.dataset}: "
+              f"{data.n_train} train / {data.val.num_examples if data.val else 0} val / "
+              f"{data.test.num_examples} test, {setup.device} → {setup.run.path}")
+    if recipe:
+        setup.say(describe_recipe(config.model, recipe))
+    setup.say(describe_method(config, data))
+    for line in tuning:
+        setup.say(line)
+    if d.enabled:
+        setup.say(describe_processes(config, d))
+    if getattr(data.train, "mixer", None):
+        setup.say(data.train.mixer.describe())
+    setup.say(describe_machine(setup))
+
+
+def _restore(setup: Setup, state: TrainState, checkpoint: dict, rewrite_config: bool) -> None:
+    """Continue a run from its checkpoint: the state, metrics.csv cut back to it, config.toml with new --epochs."""
+    run = setup.run
     state.load_state_dict(checkpoint)
     run.truncate_metrics(state.epoch)
     if rewrite_config:
-        run.write_config(config)
+        run.write_config(setup.config)
     position = state.position
     setup.say(f"resuming {run.path} after epoch {state.epoch}"
               + (f", inside epoch {position['epoch']} at step {position['batch']}" if position else ""))
-    return setup, state
 
 
 def bare_setup(config: TrainConfig, model, device: torch.device, steps_per_epoch: int = 1,
