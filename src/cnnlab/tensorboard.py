@@ -51,8 +51,8 @@ class TensorBoardLog:
         return self.every > 0 and step % self.every == 0
 
     def step(self, step: int, loss, lr: float) -> None:
-        """The training loss and lr of optimizer step `step`. Reading `loss` waits for the device, which is why
-        the loop asks only every `every` steps."""
+        """The training loss (under torchrun, this process's share of the step) and lr of optimizer step `step`.
+        Reading `loss` waits for the device, which is why the loop asks only every `every` steps."""
         self.writer.add_scalar("step/loss", float(loss), step)
         self.writer.add_scalar("step/lr", lr, step)
 
