@@ -12,6 +12,7 @@ from cnnlab.cli import main
 from cnnlab.config import TrainConfig
 from cnnlab.engine import fit
 from cnnlab.optim import lr_multiplier
+from cnnlab.report.compare import GROUP_IGNORED, differing_fields
 from cnnlab.runs import RunFolder
 from data_fixtures import write_image_folder
 
@@ -127,7 +128,10 @@ def test_step_scalars_come_every_n_steps_and_do_not_change_training(tmp_path):
     assert [s for s, _ in logged["step/loss"]] == [s for s, _ in logged["step/lr"]] == [3, 6, 9, 12]
     assert logged["step/loss"] == [pair for pair in every_step["step/loss"] if pair[0] % 3 == 0]
     assert logged["step/lr"] == [pair for pair in every_step["step/lr"] if pair[0] % 3 == 0]
-    assert metrics(run)[-1]["train_loss"] == metrics(tmp_path / "every")[-1]["train_loss"]
+    off = fit(config(tmp_path, tensorboard=False, out=str(tmp_path / "off"))).path
+    timeless = [[{k: v for k, v in row.items() if "second" not in k} for row in metrics(r)]
+                for r in (run, tmp_path / "every", off)]
+    assert timeless[0] == timeless[1] == timeless[2] and len(timeless[0]) == 3
 
 
 def test_a_resumed_run_logs_each_step_once(tmp_path):
@@ -187,3 +191,11 @@ def test_tensorboard_every_must_not_be_negative(capsys):
     assert main(["train", "--model", "linreg", "--dataset", "synthetic-linear", "--tensorboard-every", "-1"]) == 2
     assert capsys.readouterr().err == ("cnnlab: error: --tensorboard-every -1 is not allowed; use an integer ≥ 0 "
                                        "(0 = per epoch only)\n")
+
+
+def test_reports_compare_a_run_with_tensorboard_to_one_without():
+    # Logging changes no number (test_step_scalars_come_every_n_steps_and_do_not_change_training): not a setting.
+    with_it = {"lr": 0.1, "seed": 1, "tensorboard": True, "tensorboard_every": 5}
+    without = {"lr": 0.1, "seed": 2, "tensorboard": False, "tensorboard_every": 50}
+    assert differing_fields([with_it, without]) == ["seed"]
+    assert differing_fields([with_it, without], ignore=GROUP_IGNORED) == []
