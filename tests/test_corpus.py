@@ -734,7 +734,7 @@ def test_any_file_is_a_config_or_one_cnnlab_error(values, garbage):
 NUMERIC_FLAGS = ["epochs", "batch_size", "lr", "momentum", "weight_decay", "gamma", "warmup_epochs",
                  "label_smoothing", "early_stop_delta", "early_stop_patience", "val_split", "subset", "cutout",
                  "seed", "checkpoint_every", "image_size", "resize_size", "workers", "dropout", "hidden",
-                 "milestones", "mixup", "cutmix", "mix_prob", "randaugment_n", "randaugment_m"]
+                 "milestones", "mixup", "cutmix", "mix_prob", "randaugment_n", "randaugment_m", "tensorboard_every"]
 number_strings = st.one_of(st.integers(-10**6, 10**30).map(str), st.floats().map(repr), st.text(max_size=10),
                            st.sampled_from(["nan", "-inf", "1e400", "0x10", "1_000", "１２", "all", "", "3,", ",",
                                             "-0", "+5", " 7 ", "1e-400"]))
@@ -755,7 +755,7 @@ def test_any_numeric_flag_is_a_valid_setting_or_one_cnnlab_error(flags):
     assert isinstance(config.epochs, int) and config.epochs >= 1
     assert config.batch_size == "all" or (isinstance(config.batch_size, int) and config.batch_size >= 1)
     assert 0 < config.lr < float("inf") and 0 <= config.momentum < 1 and 0 <= config.val_split < 1
-    assert 0 < config.gamma <= 1 and config.checkpoint_every >= 1
+    assert 0 < config.gamma <= 1 and config.checkpoint_every >= 1 and config.tensorboard_every >= 0
     assert config.mixup >= 0 and config.cutmix >= 0 and 0 < config.mix_prob <= 1 and 0 <= config.randaugment_m <= 30
 
 

@@ -30,6 +30,7 @@ from cnnlab.recipes import apply_recipe, describe as describe_recipe
 from cnnlab.run_data import Data, wants_channels_last, build_data, resolve_data
 from cnnlab.runs import RunFolder, default_run_path
 from cnnlab.state import RESUME_KEYS, TrainState
+from cnnlab.tensorboard import FOLDER as TENSORBOARD_FOLDER, TensorBoardLog, charts, summary_writer
 
 INIT_IMAGES = 5000  # training images a model's init_from_data sees (speednet's patch statistics)
 
@@ -78,6 +79,7 @@ class Setup:
     threads: int | None = None
     init_seconds: float | None = None  # time of the model's init_from_data, when it has one
     nonfinite_step: torch.Tensor | None = None  # first step whose loss was NaN/inf (-1: none), kept on the device
+    tensorboard: TensorBoardLog | None = None  # with --tensorboard, in the process that writes the run folder
 
     @property
     def tta(self) -> str:
@@ -120,6 +122,8 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
     if resume:
         run, checkpoint, config, rewrite_config = _reopen(resume, config, d, stack)
     resolve_data(config.validate(), say=print if d.is_main else lambda line: None)
+    if config.tensorboard:
+        summary_writer()  # a missing package is one line now, before anything is built or written
     device = _device(config, d)
     if device.type == "mps" and config.auto_augment != "none":  # a check for training only: eval never augments
         raise CnnlabError("--auto-augment reproduces torchvision's rounding in float64, which Apple's MPS lacks; "
@@ -154,28 +158,54 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
                   nonfinite_step=torch.full((), -1, device=device, dtype=torch.int64))
     state = _state(model, setup)
     if checkpoint is None:
-        setup.say(f"training {options['name']} ({count_params(model):,} parameters) on {config.dataset}: "
-                  f"{data.n_train} train / {data.val.num_examples if data.val else 0} val / "
-                  f"{data.test.num_examples} test, {device} → {run.path}")
-        if recipe:
-            setup.say(describe_recipe(config.model, recipe))
-        setup.say(describe_method(config, data))
-        for line in tuning:
-            setup.say(line)
-        if d.enabled:
-            setup.say(describe_processes(config, d))
-        if getattr(data.train, "mixer", None):
-            setup.say(data.train.mixer.describe())
-        setup.say(describe_machine(setup))
-        return setup, state
+        _introduce(setup, model, recipe, tuning)
+    else:
+        _restore(setup, state, checkpoint, rewrite_config)
+    if config.tensorboard and not run.readonly:
+        setup.tensorboard = _tensorboard(setup, None if checkpoint is None else state.scheduler.last_epoch, stack)
+    return setup, state
+
+
+def _introduce(setup: Setup, model, recipe: dict, tuning: list[str]) -> None:
+    """A new run's first lines: what trains on what, the recipe's choices, the method, the processes, the machine."""
+    config, data, d = setup.config, setup.data, setup.d
+    setup.say(f"training {setup.options['name']} ({count_params(model):,} parameters) on {config.dataset}: "
+              f"{data.n_train} train / {data.val.num_examples if data.val else 0} val / "
+              f"{data.test.num_examples} test, {setup.device} → {setup.run.path}")
+    if recipe:
+        setup.say(describe_recipe(config.model, recipe))
+    setup.say(describe_method(config, data))
+    for line in tuning:
+        setup.say(line)
+    if d.enabled:
+        setup.say(describe_processes(config, d))
+    if getattr(data.train, "mixer", None):
+        setup.say(data.train.mixer.describe())
+    setup.say(describe_machine(setup))
+
+
+def _restore(setup: Setup, state: TrainState, checkpoint: dict, rewrite_config: bool) -> None:
+    """Continue a run from its checkpoint: the state, metrics.csv cut back to it, config.toml with new --epochs."""
+    run = setup.run
     state.load_state_dict(checkpoint)
     run.truncate_metrics(state.epoch)
     if rewrite_config:
-        run.write_config(config)
+        run.write_config(setup.config)
     position = state.position
     setup.say(f"resuming {run.path} after epoch {state.epoch}"
               + (f", inside epoch {position['epoch']} at step {position['batch']}" if position else ""))
-    return setup, state
+
+
+def _tensorboard(setup: Setup, resumed_at: int | None, stack) -> TensorBoardLog:
+    """The run's TensorBoard writer, closed with the run. A run resumed at global step S hides what the killed run
+    logged after its checkpoint: SummaryWriter's purge_step T drops the folder's earlier events at steps ≥ T, and
+    T = S + 1 because the checkpoint's own epoch row (or, inside an epoch, step S's scalars) was logged at exactly S
+    and must stay."""
+    log = TensorBoardLog(setup.run.file(TENSORBOARD_FOLDER), setup.config.tensorboard_every,
+                         charts(setup.data.task, setup.num_classes),
+                         purge_step=None if resumed_at is None else resumed_at + 1)
+    stack.callback(log.close)
+    return log
 
 
 def bare_setup(config: TrainConfig, model, device: torch.device, steps_per_epoch: int = 1,

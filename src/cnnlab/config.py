@@ -127,6 +127,11 @@ class TrainConfig:
     seed: int = _f(0, "seed for initialisation, split, shuffling and augmentation")
     out: str | None = _f(None, "run folder (default: runs/<model>-<dataset>-<time>)")
     checkpoint_every: int = _f(1, "write last.pt every N epochs")
+    tensorboard: bool = _f(False, "also write TensorBoard event files to RUN/tensorboard/ — every metrics.csv number "
+                                  "per epoch, plus the training loss and lr every --tensorboard-every steps; view "
+                                  "with `tensorboard --logdir runs`; needs `pip install 'cnnlab[tensorboard]'`")
+    tensorboard_every: int = _f(50, "--tensorboard: optimizer steps between the per-step scalars (training loss and "
+                                    "lr); 0 = per epoch only")
 
     @property
     def full_batch(self) -> bool:
@@ -190,6 +195,8 @@ class TrainConfig:
         need(self.test_subset is None or self.test_subset >= 1, "test_subset", "use a positive integer")
         need(self.threads is None or 1 <= self.threads <= 4096, "threads", "use a positive integer")
         need(self.checkpoint_every >= 1, "checkpoint_every", "use a positive integer")
+        need(isinstance(self.tensorboard_every, int) and self.tensorboard_every >= 0, "tensorboard_every",
+             "use an integer ≥ 0 (0 = per epoch only)")
         need(not self.nesterov or self.momentum > 0, "nesterov", "Nesterov needs --momentum > 0")
         need(self.early_stop_metric is None or self.val_split > 0, "early_stop_metric",
              "early stopping needs a validation split (--val-split > 0)")

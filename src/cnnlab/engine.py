@@ -79,7 +79,7 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
     up `loader.batches_per_step` batches (one; K with --accumulate K; all for full-batch gradient descent), and a
     stop is honoured only after a step, so a resumed run never holds half a step's gradients.
     """
-    data, loader, d = setup.data, state.loader, setup.d
+    data, loader, d, board = setup.data, state.loader, setup.d, setup.tensorboard
     sums, first = Sums(setup.device, data.task, setup.num_classes, d), 0
     if state.position is not None:
         loader.resume_from(state.position["order"], state.position["batch"])
@@ -89,8 +89,15 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
     progress = Progress(len(loader), epoch, setup.config.epochs, setup.say, _unit(loader))
     for batch, (x, y) in enumerate(loader, start=first):
         step_first, step_last, step_examples = loader.step_span(batch)
+        # --tensorboard logs every Nth optimizer step, numbered as the schedule counts them (from 1): its loss is
+        # what the sums gain over its batches, per example (this process's share), its lr the one it steps with.
+        logged = board is not None and board.wants(state.scheduler.last_epoch + 1)
+        if logged and batch == step_first:
+            mark = sums.loss.clone(), sums.n, state.optimizer.param_groups[0]["lr"]
         loss, out, grad_norm = train_step(setup, state, x, y, step_examples, batch == step_first, batch == step_last)
         sums.add(loss, out.float(), y)
+        if logged and batch == step_last:  # a whole step, every N steps only: reading its loss waits for the device
+            board.step(state.scheduler.last_epoch, (sums.loss - mark[0]) / (sums.n - mark[1]), mark[2])
         if grad_norm is not None:
             sums.add_grad_norm(grad_norm)
         bad = setup.nonfinite_step
@@ -235,6 +242,8 @@ def record_epoch(setup: Setup, state: TrainState, epoch: int, sums: Sums, epoch_
     if not run.readonly:
         row["elapsed_seconds"] = row["epoch_seconds"] + sum(float(r["epoch_seconds"]) for r in run.metrics())
     run.append_metrics(row, METRIC_COLUMNS + (TOP5_COLUMNS if has_top5(data.task, setup.num_classes) else []))
+    if setup.tensorboard is not None:
+        setup.tensorboard.epoch(row)
     setup.say(f"epoch {epoch}/{setup.config.epochs}  train loss {row['train_loss']:.4f}"
               + (f" acc {row['train_acc']:.4f}" if row["train_acc"] is not None else "")
               + (f"  val loss {row['val_loss']:.4f}" if val else "")
