@@ -56,7 +56,8 @@ bench: setup
 		$(PY) benchmarks/data.py $(BENCH_ARGS) --data $(CIFAR) && \
 		$(PY) benchmarks/seed_experiment.py $(BENCH_ARGS) --data $(CIFAR) && \
 		$(PY) benchmarks/seed_recipe_grid.py $(BENCH_ARGS) --data $(CIFAR) && \
-		$(PY) benchmarks/speedrun.py $(BENCH_ARGS) --data $(CIFAR); \
+		$(PY) benchmarks/speedrun.py $(BENCH_ARGS) --data $(CIFAR) && \
+		$(PY) benchmarks/tensorboard_cost.py $(BENCH_ARGS) --data $(CIFAR); \
 	else echo "bench: $(CIFAR) not found, so data.py, seed_experiment.py and speedrun.py are skipped" \
 		"(point DATA= at the datasets folder)"; fi
 	$(PY) benchmarks/throughput.py $(BENCH_ARGS)

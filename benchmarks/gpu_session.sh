@@ -3,6 +3,8 @@
 #   bash benchmarks/gpu_session.sh          # all: tests, speedrun, seed experiment, throughput/MFU, the seed's four
 #   bash benchmarks/gpu_session.sh A        # only the tests, the speedrun and the seed experiment
 #   bash benchmarks/gpu_session.sh B        # only throughput/MFU (eager and compiled) and the data/loader benchmark
+#   bash benchmarks/gpu_session.sh inspect  # issue 17 on the GPU: the GPU tests, what --tensorboard costs, a
+#                                           # speedrun run evaluated (gallery) and explained, its pictures in $OUT
 # No step starts past $DEADLINE seconds (default 450) and each is cut at its own limit or the deadline, so the call
 # ends inside a device command's timeout with what it measured; a step that fails or runs out is reported and the
 # next one still runs. Each step logs to $OUT/NAME.log as it goes (a killed call still returns them), $OUT/steps.txt
@@ -68,12 +70,33 @@ data() {
     step data 90 $PY benchmarks/data.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE"
 }
 
+inspect() {
+    # The device's Python may lack tensorboard: then use the wheels unpacked into $DATA/py312 (pip download
+    # --python-version 3.12 tensorboard protobuf; unzip), carried with the data.
+    if ! $PY -c "import tensorboard" 2>/dev/null && [[ -d $DATA/py312 ]]; then
+        export PYTHONPATH=src:$DATA/py312
+    fi
+    step gpu_tests 180 $PY -m pytest -q -m gpu -rP -p no:cacheprovider tests/test_gpu.py
+    step tensorboard_cost 150 $PY benchmarks/tensorboard_cost.py --device "$DEVICE" $QUICK --data "$CIFAR" \
+        --cache-dir "$CACHE"
+    local run=/tmp/inspect-run overrides=()
+    [[ -n $QUICK ]] && overrides=(--subset 2000 --epochs 1 --warmup-epochs 0.5 --lookahead-epoch 0)
+    step inspect_train 90 $PY -m cnnlab train --config speedrun-cifar10 --data "$CIFAR" --cache-dir "$CACHE" \
+        --device "$DEVICE" --tensorboard --out "$run" "${overrides[@]}"
+    step inspect_eval 60 $PY -m cnnlab eval "$run" --device "$DEVICE"
+    mkdir -p /tmp/inspect-images
+    tar xzf "$CIFAR" -C /tmp/inspect-images --wildcards '*test/cat/*' 2>/dev/null
+    step inspect_explain 60 bash -c "$PY -m cnnlab explain $run \$(find /tmp/inspect-images -name '*.jp*g' | sort | head -2) --out $OUT/explain"
+    cp "$run"/{filters.png,mistakes_test.png,confusion_test.png,reliability_test.png,eval_test.json} "$OUT"/ 2>/dev/null
+}
+
 case $STAGE in
 all) tests; speed; throughput; seed_report; data ;;
 A) tests; speed ;;
 B) throughput; data ;;
+inspect) inspect ;;
 *)
-    echo "usage: benchmarks/gpu_session.sh [all|A|B]" >&2
+    echo "usage: benchmarks/gpu_session.sh [all|A|B|inspect]" >&2
     exit 2
     ;;
 esac
