@@ -145,11 +145,14 @@ def _sync_warnings(tmp_path, name, per_class, **settings):
                                if "synchronizing" in str(w.message))
 
 
-@pytest.mark.parametrize("settings", [{}, {"ema_decay": 0.99, "clip_grad_norm": 1.0}], ids=["plain", "ema+clip"])
+@pytest.mark.parametrize("settings", [{}, {"ema_decay": 0.99, "clip_grad_norm": 1.0},
+                                      {"tensorboard": True, "tensorboard_every": 0}],
+                         ids=["plain", "ema+clip", "tensorboard per epoch"])
 def test_training_steps_do_not_wait_for_the_gpu(tmp_path, settings):
     """The host may wait per epoch (metrics, validation, checkpoints), never per step: twice the steps (10 → 20 an
     epoch), the same waits. EMA and clipping must keep it so (AveragedModel's own update reads n_averaged on the
-    host each step; cnnlab's does not)."""
+    host each step; cnnlab's does not), and so must TensorBoard logging per epoch (per-step logging waits every N
+    steps by design)."""
     fewer = _sync_warnings(tmp_path, "fewer", 25, **settings)   # 250 images: 200 train → 13 steps an epoch
     more = _sync_warnings(tmp_path, "more", 50, **settings)     # 500 images: 400 train → 25 steps an epoch
     grown = {where: more[where] - fewer.get(where, 0) for where in more if more[where] > fewer.get(where, 0)}
