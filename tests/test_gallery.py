@@ -133,3 +133,18 @@ def test_grey_images_and_a_linear_first_layer(tmp_path):
         with Image.open(result[key]) as im:
             assert im.format == "PNG"
     assert len(result["mistakes"]) > 0 and all(m["true"] != m["predicted"] for m in result["mistakes"])
+
+
+def test_eval_repeats_the_runs_own_test_numbers_in_the_runs_precision(tmp_path, monkeypatch):
+    import cnnlab.evaluate
+    from cnnlab.hardware import Precision
+
+    tree, _ = write_image_folder(tmp_path / "tree", per_class=6)
+    run = _fit(tmp_path, model="resnet18", dataset="cifar10", data=str(tree), precision="bf16")
+    summary = json.loads((run / "summary.json").read_text())
+    result = evaluate_run(run)
+    assert result["precision"] == "bf16" and result["acc"] == summary["test_top1"]
+    assert result["loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+    # the control: the same weights in fp32 give another loss, so the check above tells the two apart
+    monkeypatch.setattr(cnnlab.evaluate, "eval_precision", lambda *a: Precision("fp32", "test"))
+    assert evaluate_run(run, out_dir=tmp_path / "fp32")["loss"] != pytest.approx(summary["test_loss"], rel=1e-6)

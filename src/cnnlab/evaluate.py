@@ -15,10 +15,10 @@ from cnnlab.data.images import IMAGE_SUFFIXES, is_image
 from cnnlab.data import STREAMED
 from cnnlab.engine import evaluate
 from cnnlab.tta import tta_logits
-from cnnlab.run_data import build_data
-from cnnlab.hardware import resolve_device
+from cnnlab.run_data import build_data, wants_channels_last
+from cnnlab.hardware import Precision, resolve_device, resolve_precision
 from cnnlab.errors import CnnlabError
-from cnnlab.models import create_model
+from cnnlab.models import create_model, model_info
 
 
 def checkpoint_path(target) -> Path:
@@ -68,9 +68,12 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
     loader = loaders.test if split == "test" else loaders.val
     if loader is None:
         raise CnnlabError("this run held out no validation split (--val-split 0); evaluate --split test")
-    result, logits = evaluate(model, loader, loaders.task, len(loaders.classes), return_logits=True,
-                              tta=config.tta if loaders.task == "classification" else "none")
-    result["split"] = split
+    precision = eval_precision(config, dev, checkpoint["model_options"]["name"])
+    if wants_channels_last(checkpoint["model_options"]["name"], dev):
+        model = model.to(memory_format=torch.channels_last)
+    result, logits = evaluate(model, loader, loaders.task, len(loaders.classes), precision.autocast(dev),
+                              return_logits=True, tta=config.tta if loaders.task == "classification" else "none")
+    result["split"], result["precision"] = split, precision.name
     if loaders.task == "classification":
         truth = loader.labels.cpu().numpy()
         k = len(loaders.classes)
@@ -100,6 +103,19 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
         with atomic_write(out_dir / f"eval_{split}.json", "w") as f:
             f.write(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def eval_precision(config: TrainConfig, device: torch.device, name: str) -> Precision:
+    """The number format the run's own test pass used, resolved on this device, so that `cnnlab eval` on the
+    training device repeats summary.json's test numbers exactly (an fp32 pass of a bf16 run differs by a few images).
+    fp32 where this device cannot compute it: a bf16 run on a GPU without bf16, an fp16 run off CUDA."""
+    try:
+        precision = resolve_precision(config.precision, device, model_info(name).channels_last)
+    except CnnlabError:
+        return Precision("fp32", f"this device cannot compute the run's {config.precision}")
+    if precision.name == "fp16" and device.type != "cuda":
+        return Precision("fp32", "fp16 autocast is for CUDA")
+    return precision
 
 
 def _gallery(model, checkpoint: dict, loader, probabilities, truth, classes: list, split: str, out_dir: Path) -> dict:
