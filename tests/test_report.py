@@ -314,3 +314,13 @@ def test_the_most_confused_pairs_by_hand():
                      {"true": "dog", "predicted": "fox", "count": 1, "share of true class": 0.1}]
     assert confused_pairs([[3, 0], [0, 4]], ["a", "b"]) == []  # no mistakes, no table
     assert len(confused_pairs([[0, 1, 1], [1, 0, 1], [1, 1, 0]], list("abc"), top=2)) == 2
+
+
+def test_many_groups_show_only_the_best_run_in_detail_with_a_note(sweep, tmp_path, monkeypatch):
+    import cnnlab.report.page as page
+
+    monkeypatch.setattr(page, "MAX_GROUP_SECTIONS", 1)  # the sweep's 2 groups are "many" here
+    text = write_report([sweep], tmp_path / "report").read_text()
+    assert "Best run: " in text and "Best of its group" not in text
+    assert "The runs form 2 seed groups: only the best run overall is shown in detail" in text
+    assert text.count("most confident mistakes") == 1
