@@ -61,6 +61,11 @@ def metrics(run) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def at_step(column: str, row: dict) -> int:
+    """Where a metrics.csv number is logged: the row's step (the epoch's last), the lr at the epoch's first."""
+    return int(row["step"]) - (STEPS_PER_EPOCH - 1 if column == "lr" else 0)
+
+
 def approx(pairs):
     # Event files hold float32, metrics.csv six significant digits.
     return [(step, pytest.approx(value, rel=1e-5, abs=1e-7)) for step, value in pairs]
@@ -82,8 +87,8 @@ def test_every_metrics_csv_number_is_logged_at_its_step(tmp_path, classes):
     assert len(columns) == (12 if classes == 20 else 10) and all(rows[0][c] != "" for c in columns)
     assert set(logged) == {TAGS[c] for c in columns}  # every step tag absent: --tensorboard-every 0
     for column in columns:
-        assert logged[TAGS[column]] == approx((int(row["step"]), float(row[column])) for row in rows), column
-    assert logged["epoch"] == [(4, 1), (8, 2), (12, 3)]
+        assert logged[TAGS[column]] == approx((at_step(column, row), float(row[column])) for row in rows), column
+    assert logged["epoch"] == [(4, 1), (8, 2), (12, 3)] and [s for s, _ in logged["lr"]] == [1, 5, 9]
     # The curves a user watches: train and validation overlaid, one chart per metric.
     expected = {"loss": ["loss/train", "loss/val"], "accuracy": ["accuracy/train", "accuracy/val"]}
     if classes == 20:
@@ -116,6 +121,7 @@ def test_each_steps_loss_and_lr_add_up_to_the_epochs(tmp_path, settings):
                                                                                     rel=1e-5)
         # metrics.csv's lr is the one the epoch started with: its first step's.
         assert logged["step/lr"][4 * epoch][1] == pytest.approx(float(row["lr"]), rel=1e-5)
+    assert logged["lr"] == [pair for pair in logged["step/lr"] if pair[0] % STEPS_PER_EPOCH == 1]  # on the curve
     schedule = lr_multiplier(resolved, STEPS_PER_EPOCH)  # step k trains with the schedule's lr after k − 1 steps
     assert logged["step/lr"] == approx((k, resolved.lr * schedule(k - 1)) for k in range(1, 13))
     assert len({value for _, value in logged["step/lr"]}) > 6  # a schedule that moves (the mlp recipe's triangle)
@@ -142,7 +148,7 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     logged, rows = scalars(run), metrics(run)
     # The first epoch's row sits at step 4, the resume's purge step (4 + 1) keeps it.
     for column in ("train_loss", "val_acc", "lr", "epoch"):
-        assert logged[TAGS[column]] == approx((int(row["step"]), float(row[column])) for row in rows), column
+        assert logged[TAGS[column]] == approx((at_step(column, row), float(row[column])) for row in rows), column
     assert [s for s, _ in logged["loss/train"]] == [4, 8, 12]
     assert [s for s, _ in logged["step/loss"]] == [2, 4, 6, 8, 10, 12]
 

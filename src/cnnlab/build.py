@@ -202,7 +202,7 @@ def _tensorboard(setup: Setup, resumed_at: int | None, stack) -> TensorBoardLog:
     T = S + 1 because the checkpoint's own epoch row (or, inside an epoch, step S's scalars) was logged at exactly S
     and must stay."""
     log = TensorBoardLog(setup.run.file(TENSORBOARD_FOLDER), setup.config.tensorboard_every,
-                         charts(setup.data.task, setup.num_classes),
+                         charts(setup.data.task, setup.num_classes), setup.data.train.steps_per_epoch,
                          purge_step=None if resumed_at is None else resumed_at + 1)
     stack.callback(log.close)
     return log

@@ -42,8 +42,8 @@ class TensorBoardLog:
     `purge_step` (on resume): TensorBoard hides what earlier event files in the folder logged at that step or later.
     """
 
-    def __init__(self, folder: Path, every: int, layout: dict, purge_step: int | None = None):
-        self.every = every
+    def __init__(self, folder: Path, every: int, layout: dict, steps_per_epoch: int, purge_step: int | None = None):
+        self.every, self.steps_per_epoch = every, steps_per_epoch
         self.writer = summary_writer()(str(folder), purge_step=purge_step)
         self.writer.add_custom_scalars(layout)
 
@@ -57,10 +57,12 @@ class TensorBoardLog:
         self.writer.add_scalar("step/lr", lr, step)
 
     def epoch(self, row: dict) -> None:
-        """An epoch's metrics.csv row, at its `step`; flushed, so a live TensorBoard shows the epoch."""
+        """An epoch's metrics.csv row, at its `step` (the epoch's last), but its lr — the one the epoch started
+        with — at the epoch's first step, where the schedule used it; flushed, so a live TensorBoard shows the epoch."""
         for column, tag in TAGS.items():
             if row.get(column) is not None:
-                self.writer.add_scalar(tag, row[column], row["step"])
+                step = row["step"] - self.steps_per_epoch + 1 if column == "lr" else row["step"]
+                self.writer.add_scalar(tag, row[column], step)
         self.writer.flush()
 
     def close(self) -> None:
