@@ -80,6 +80,7 @@ inspect() {
     step tensorboard_cost 150 $PY benchmarks/tensorboard_cost.py --device "$DEVICE" $QUICK --data "$CIFAR" \
         --cache-dir "$CACHE"
     local run=/tmp/inspect-run overrides=()
+    rm -rf "$run"  # a warm machine keeps /tmp: never evaluate an older call's run
     [[ -n $QUICK ]] && overrides=(--subset 2000 --epochs 1 --warmup-epochs 0.5 --lookahead-epoch 0)
     step inspect_train 90 $PY -m cnnlab train --config speedrun-cifar10 --data "$CIFAR" --cache-dir "$CACHE" \
         --device "$DEVICE" --tensorboard --out "$run" "${overrides[@]}"

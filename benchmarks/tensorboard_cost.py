@@ -80,6 +80,10 @@ def main():
     cli.add_argument("--cache-dir", help="cnnlab's prepared-dataset cache (default: ~/.cache/cnnlab)")
     args = cli.parse_args()
 
+    try:
+        import tensorboard  # noqa: F401  (the runs with --tensorboard need it; say so before training anything)
+    except ImportError:
+        raise SystemExit("tensorboard_cost.py needs the tensorboard package: pip install 'cnnlab[tensorboard]'")
     device = pick_device(args.device)
     config = TrainConfig.from_toml(preset_path("speedrun-cifar10"))
     config = replace(config, data=args.data, cache_dir=args.cache_dir, device=device.type)

@@ -26,8 +26,6 @@ def test_every_image_model_has_a_first_layer_that_sees_the_pixels(name):
     module = model.get_submodule(layer)
     if isinstance(module, nn.Conv2d):
         assert torch.equal(weights, module.weight.detach())
-        # nothing reaches the pixels before it: it is the first convolution in the forward pass
-        assert next(m for m in model.modules() if isinstance(m, nn.Conv2d)) is module
     else:
         assert isinstance(module, nn.Linear) and weights.shape[2:] == (32, 32)
 
@@ -40,6 +38,23 @@ def test_a_linear_unit_is_shown_as_the_image_it_responds_to():
     x[0, 2, 5, 1] = 1.0
     bias = model.get_submodule(first_layer(model, (8, 8, 3))[0]).bias.detach()
     assert torch.allclose(model(x)[0] - bias, weights[:, 2, 5, 1], atol=1e-6)
+
+
+def test_the_first_layer_is_the_first_the_forward_pass_calls_not_the_first_registered():
+    class HeadFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)  # registered before the stem, called after it
+            self.stem = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return self.fc(self.stem(x).mean((2, 3)))
+
+    model = HeadFirst().train()
+    name, weights = first_layer(model, (8, 8, 1))
+    assert name == "stem" and weights.shape == (4, 1, 3, 3) and model.training  # the mode is left as it was
+    # a first linear layer that does not take the whole image (here: pooled features) has no picture
+    assert first_layer(nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4, 2)), (8, 8, 1)) is None
 
 
 def test_feature_vectors_have_no_first_layer_picture(tmp_path):
@@ -148,3 +163,24 @@ def test_eval_repeats_the_runs_own_test_numbers_in_the_runs_precision(tmp_path, 
     # the control: the same weights in fp32 give another loss, so the check above tells the two apart
     monkeypatch.setattr(cnnlab.evaluate, "eval_precision", lambda *a: Precision("fp32", "test"))
     assert evaluate_run(run, out_dir=tmp_path / "fp32")["loss"] != pytest.approx(summary["test_loss"], rel=1e-6)
+
+
+def test_eval_takes_the_precision_the_run_tested_in(monkeypatch):
+    import cnnlab.evaluate
+    from cnnlab.errors import CnnlabError
+    from cnnlab.evaluate import eval_precision
+
+    cpu = torch.device("cpu")
+    auto = TrainConfig(precision="auto")
+    # summary.json's word wins over re-resolving `auto` here (a run trained where auto meant fp32)
+    assert (eval_precision(auto, cpu, "resnet18", "fp32").name, eval_precision(auto, cpu, "resnet18", "bf16").name) \
+        == ("fp32", "bf16")
+    assert eval_precision(auto, cpu, "resnet18", "bf16").reason == "as the run tested"
+    assert eval_precision(TrainConfig(precision="fp32"), cpu, "resnet18").name == "fp32"  # no summary: the setting
+
+    def no_bf16(*args):
+        raise CnnlabError("this GPU has no bf16")
+
+    monkeypatch.setattr(cnnlab.evaluate, "resolve_precision", no_bf16)
+    fallback = eval_precision(auto, cpu, "resnet18", "bf16")
+    assert fallback.name == "fp32" and "cannot compute bf16" in fallback.reason

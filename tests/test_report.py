@@ -324,3 +324,26 @@ def test_many_groups_show_only_the_best_run_in_detail_with_a_note(sweep, tmp_pat
     assert "Best run: " in text and "Best of its group" not in text
     assert "The runs form 2 seed groups: only the best run overall is shown in detail" in text
     assert text.count("most confident mistakes") == 1
+
+
+def test_choosing_a_groups_best_run_keeps_the_names_given_among_all_runs():
+    from cnnlab.report.runs import load_runs
+
+    runs = load_runs([fake_run("sweepA/seed0", 0, 0.1, [8], 0.6), fake_run("sweepB/seed0", 0, 0.2, [8], 0.7),
+                      fake_run("sweepB/seed1", 1, 0.2, [8], 0.8)])
+    names = [r.name for r in runs]
+    assert names == ["sweepA/seed0", "sweepB/seed0", "sweepB/seed1"]  # unique only with the parent folder
+    assert best_run(runs[1:]) is runs[2] and best_run(iter(runs)) is runs[2]
+    assert [r.name for r in runs] == names  # a group's best is chosen without renaming its runs to seed0, seed1
+
+
+def test_only_the_pictures_the_evaluation_drew_are_shown(sweep, tmp_path):
+    evaluated = next(p for p in sorted(sweep.iterdir()) if (p / "eval_test.json").is_file())
+    copy = tmp_path / "copy"
+    shutil.copytree(evaluated, copy, ignore=shutil.ignore_patterns("*.pt"))
+    run = load_run(copy)  # a copied folder: the JSON names the original's paths, the pictures sit beside it
+    assert run.filters_png == copy / "filters.png" and run.mistakes_png == copy / "mistakes_test.png"
+    evaluation = json.loads((copy / "eval_test.json").read_text())
+    del evaluation["filters_png"]  # e.g. an evaluation before the gallery existed, next to a stale filters.png
+    (copy / "eval_test.json").write_text(json.dumps(evaluation))
+    assert load_run(copy).filters_png is None and load_run(copy).mistakes_png == copy / "mistakes_test.png"

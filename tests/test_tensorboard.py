@@ -78,6 +78,13 @@ def next_second():
     time.sleep(1.01 - time.time() % 1)
 
 
+def test_every_metrics_csv_column_has_a_tag():
+    from cnnlab.runs import METRIC_COLUMNS, TOP5_COLUMNS
+    from cnnlab.tensorboard import TAGS as LOGGED
+
+    assert set(LOGGED) == set(TAGS) == set(METRIC_COLUMNS + TOP5_COLUMNS) - {"step"}  # a new column gets a tag
+
+
 @pytest.mark.parametrize("classes", [10, 20])
 def test_every_metrics_csv_number_is_logged_at_its_step(tmp_path, classes):
     run = fit(config(tmp_path, classes, clip_grad_norm=5.0, tensorboard_every=0)).path

@@ -94,7 +94,7 @@ def _eval(args) -> None:
     result = evaluate_run(args.target, args.split, args.data, args.device, save_predictions=args.save_predictions)
     print(f"{result['split']} ({result['n']} images): loss {result['loss']:.4f}"
           + (f"  top-1 {result['acc']:.4f}" if "acc" in result else "")
-          + (f"  top-5 {result['top5']:.4f}" if "top5" in result else "") + f"  ({result['precision']})")
+          + (f"  top-5 {result['top5']:.4f}" if "top5" in result else "") + f"  ({result['precision']}, {result['precision_reason']})")
     for name, acc in result.get("per_class", {}).items():
         print(f"  {name:<24} {acc:.4f}")
     if "confusion_png" in result:

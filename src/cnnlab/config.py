@@ -128,7 +128,8 @@ class TrainConfig:
     out: str | None = _f(None, "run folder (default: runs/<model>-<dataset>-<time>)")
     checkpoint_every: int = _f(1, "write last.pt every N epochs")
     tensorboard: bool = _f(False, "also write TensorBoard event files to RUN/tensorboard/ — every metrics.csv number "
-                                  "per epoch, plus the training loss and lr every --tensorboard-every steps; view "
+                                  "per epoch, plus the training loss (under torchrun: rank 0's share of the batch) "
+                                  "and lr every --tensorboard-every steps; view "
                                   "with `tensorboard --logdir runs`; needs `pip install 'cnnlab[tensorboard]'`")
     tensorboard_every: int = _f(50, "--tensorboard: optimizer steps between the per-step scalars (training loss and "
                                     "lr); 0 = per epoch only")

@@ -93,11 +93,11 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
         # what the sums gain over its batches, per example (this process's share), its lr the one it steps with.
         logged = board is not None and board.wants(state.scheduler.last_epoch + 1)
         if logged and batch == step_first:
-            mark = sums.loss.clone(), sums.n, state.optimizer.param_groups[0]["lr"]
+            loss_before, seen_before, step_lr = sums.loss.clone(), sums.n, state.optimizer.param_groups[0]["lr"]
         loss, out, grad_norm = train_step(setup, state, x, y, step_examples, batch == step_first, batch == step_last)
         sums.add(loss, out.float(), y)
         if logged and batch == step_last:  # a whole step, every N steps only: reading its loss waits for the device
-            board.step(state.scheduler.last_epoch, (sums.loss - mark[0]) / (sums.n - mark[1]), mark[2])
+            board.step(state.scheduler.last_epoch, (sums.loss - loss_before) / (sums.n - seen_before), step_lr)
         if grad_norm is not None:
             sums.add_grad_norm(grad_norm)
         bad = setup.nonfinite_step

@@ -16,7 +16,7 @@ from cnnlab.data import STREAMED
 from cnnlab.engine import evaluate
 from cnnlab.tta import tta_logits
 from cnnlab.run_data import build_data, wants_channels_last
-from cnnlab.hardware import Precision, resolve_device, resolve_precision
+from cnnlab.hardware import Precision, resolve_device, resolve_precision, set_deterministic
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, model_info
 
@@ -48,8 +48,9 @@ def load_model(target, device="cpu"):
 
 def evaluate_run(target, split: str = "test", data: str | None = None, device: str = "auto",
                  out_dir: Path | None = None, save_predictions: str | None = None) -> dict:
-    """Top-1/top-5, per-class accuracy, a confusion-matrix PNG and calibration (ECE, reliability PNG) for `split`
-    (test or val).
+    """Top-1/top-5, per-class accuracy, a confusion-matrix PNG, calibration (ECE, reliability PNG), the first
+    layer's weights (filters.png) and the most confident mistakes (mistakes_SPLIT.png) for `split` (test or val),
+    computed in the precision the run tested in (`eval_precision`); the numbers go to out_dir's eval_SPLIT.json.
 
     `save_predictions`: a file for each example's logits, probabilities and labels (`predictions.write_predictions`;
     "" is out_dir's predictions_SPLIT.npz), named in the result's "predictions".
@@ -68,16 +69,18 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
     loader = loaders.test if split == "test" else loaders.val
     if loader is None:
         raise CnnlabError("this run held out no validation split (--val-split 0); evaluate --split test")
-    precision = eval_precision(config, dev, checkpoint["model_options"]["name"])
+    set_deterministic(config.deterministic, config.autotune)  # the kernels the run's own test pass chose among
+    precision = eval_precision(config, dev, checkpoint["model_options"]["name"], _tested_in(checkpoint_path(target)))
     if wants_channels_last(checkpoint["model_options"]["name"], dev):
         model = model.to(memory_format=torch.channels_last)
     result, logits = evaluate(model, loader, loaders.task, len(loaders.classes), precision.autocast(dev),
                               return_logits=True, tta=config.tta if loaders.task == "classification" else "none")
-    result["split"], result["precision"] = split, precision.name
+    result.update(split=split, precision=precision.name, precision_reason=precision.reason)
     if loaders.task == "classification":
         truth = loader.labels.cpu().numpy()
         k = len(loaders.classes)
-        confusion = np.bincount(truth * k + logits.argmax(1).numpy(), minlength=k * k).reshape(k, k)
+        predicted = logits.argmax(1).numpy()
+        confusion = np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
         per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
         result["per_class"] = dict(zip(loaders.classes, per_class.round(4).tolist()))
         out_dir = Path(out_dir or (target if Path(target).is_dir() else Path(target).parent))
@@ -98,29 +101,41 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
         calibrated = calibration(probabilities, truth)
         result["ece"], result["calibration"] = calibrated["ece"], calibrated["bins"]
         result["reliability_png"] = str(save_reliability(calibrated, out_dir / f"reliability_{split}.png"))
-        result.update(_gallery(model, checkpoint, loader, probabilities, truth, loaders.classes, split, out_dir))
+        result.update(_gallery(model, checkpoint, loader, probabilities, truth, predicted, loaders.classes, split,
+                               out_dir))
         # Reports read per-class accuracy from here; they never load checkpoints.
         with atomic_write(out_dir / f"eval_{split}.json", "w") as f:
             f.write(json.dumps(result, indent=1) + "\n")
     return result
 
 
-def eval_precision(config: TrainConfig, device: torch.device, name: str) -> Precision:
-    """The number format the run's own test pass used, resolved on this device, so that `cnnlab eval` on the
-    training device repeats summary.json's test numbers exactly (an fp32 pass of a bf16 run differs by a few images).
-    fp32 where this device cannot compute it: a bf16 run on a GPU without bf16, an fp16 run off CUDA."""
+def eval_precision(config: TrainConfig, device: torch.device, name: str, tested_in: str | None = None) -> Precision:
+    """The number format the run's own test pass used (`tested_in`: summary.json's precision; without it, the run's
+    setting resolved on this device), so that `cnnlab eval` on the training device repeats summary.json's test
+    numbers exactly (an fp32 pass of a bf16 run differs by a few images). fp32 where this device cannot compute it
+    (a bf16 run on a GPU without bf16)."""
+    asked = tested_in if tested_in in ("fp32", "bf16", "fp16") else config.precision
     try:
-        precision = resolve_precision(config.precision, device, model_info(name).channels_last)
+        precision = resolve_precision(asked, device, model_info(name).channels_last)
     except CnnlabError:
-        return Precision("fp32", f"this device cannot compute the run's {config.precision}")
-    if precision.name == "fp16" and device.type != "cuda":
-        return Precision("fp32", "fp16 autocast is for CUDA")
-    return precision
+        return Precision("fp32", f"this device cannot compute {asked}, which the run tested in: the numbers may "
+                                 "differ from summary.json's by a few images")
+    return Precision(precision.name, "as the run tested" if tested_in else precision.reason)
 
 
-def _gallery(model, checkpoint: dict, loader, probabilities, truth, classes: list, split: str, out_dir: Path) -> dict:
+def _tested_in(source: Path) -> str | None:
+    """The precision summary.json says the run trained and tested in, if the checkpoint sits in its run folder."""
+    try:
+        return json.loads((source.parent / "summary.json").read_text(encoding="utf-8")).get("precision")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _gallery(model, checkpoint: dict, loader, probabilities, truth, predicted, classes: list, split: str,
+             out_dir: Path) -> dict:
     """The first layer's weights (filters.png) and the most confident mistakes (mistakes_SPLIT.png) as pictures,
-    and the mistakes as data (index into the split, true and predicted class, probability)."""
+    and the mistakes as data (index into the split, true and predicted class, probability). A model without a first
+    layer to draw leaves no filters.png: one from an earlier evaluation would show weights that are not these."""
     from cnnlab.gallery import confident_mistakes, save_filters, save_mistakes, split_images
 
     name = checkpoint["model_options"]["name"]
@@ -128,8 +143,10 @@ def _gallery(model, checkpoint: dict, loader, probabilities, truth, classes: lis
     filters = save_filters(model, checkpoint["image_shape"], out_dir / "filters.png", title=f"{name}: ")
     if filters is not None:
         result["filters_png"] = str(filters)
+    else:
+        (out_dir / "filters.png").unlink(missing_ok=True)
     if len(checkpoint["image_shape"]) == 3:
-        mistakes = confident_mistakes(probabilities, truth)
+        mistakes = confident_mistakes(probabilities, truth, predicted=predicted)
         images = split_images(loader, [m["index"] for m in mistakes])
         result["mistakes_png"] = str(save_mistakes(mistakes, images, classes, out_dir / f"mistakes_{split}.png",
                                                    title=f"{name} on the {split} split: "))

@@ -1,5 +1,6 @@
 """Two pictures `cnnlab eval` draws beside its confusion matrix, for a learner to look at: the first layer's
-weights as a grid of small images, and the test images the model got wrong with the most confidence.
+weights as a grid of small images, and the images of the split (test, or val) the model got wrong with the most
+confidence.
 
 The report shows them for the best runs; it reads these PNGs (and eval_SPLIT.json), never the checkpoints.
 """
@@ -19,21 +20,36 @@ MISTAKES = 16  # 4 × 4
 
 
 def first_layer(model: nn.Module, image_shape) -> tuple[str, torch.Tensor] | None:
-    """(the layer's name, its weights as (units, C, h, w) images) for the first layer that sees the pixels: a
-    convolution's filters, or a linear layer's rows (softmax, MLP) reshaped to the input image. None when the
-    inputs are not images (feature vectors)."""
+    """(the layer's name, its weights as (units, C, h, w) images) for the first layer that sees the pixels — the
+    first convolution or linear layer a forward pass calls: a convolution's filters, or a linear layer's rows
+    (softmax, MLP) reshaped to the input image. None when the inputs are not images (feature vectors), or when the
+    first such layer is a linear one that does not take the whole image."""
     if len(image_shape) != 3:
         return None
     height, width, channels = image_shape
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return name, module.weight.detach().float().cpu()
-        if isinstance(module, nn.Linear):
-            if module.in_features != height * width * channels:
-                return None
-            # the model flattens (C, H, W) inputs, so a row of the weight matrix is an image in that order
-            return name, module.weight.detach().float().cpu().reshape(-1, channels, height, width)
-    return None
+    called = []  # modules are registered in any order (a head before the stem); the forward pass tells
+    hooks = [module.register_forward_pre_hook(lambda module, args, name=name: called.append(name))
+             for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    parameter = next(model.parameters())
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, channels, height, width, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    if not called:
+        return None
+    name = called[0]
+    module = model.get_submodule(name)
+    weights = module.weight.detach().float().cpu()
+    if isinstance(module, nn.Conv2d):
+        return name, weights
+    if module.in_features != height * width * channels:
+        return None
+    # the model flattens (C, H, W) inputs, so a row of the weight matrix is an image in that order
+    return name, weights.reshape(-1, channels, height, width)
 
 
 def filter_tiles(weights: torch.Tensor, limit: int = MAX_FILTERS) -> np.ndarray:
@@ -59,7 +75,7 @@ def save_filters(model: nn.Module, image_shape, path: Path, title: str = "") -> 
     columns = min(8, len(tiles))
     rows = math.ceil(len(tiles) / columns)
     fig = Figure(figsize=(1.1 * columns + 0.4, 1.1 * rows + 1.1))
-    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes:
         ax.set_axis_off()
     for ax, tile in zip(axes, tiles):
@@ -77,10 +93,12 @@ def save_filters(model: nn.Module, image_shape, path: Path, title: str = "") -> 
     return Path(path)
 
 
-def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, count: int = MISTAKES) -> list[dict]:
+def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, count: int = MISTAKES,
+                       predicted: np.ndarray | None = None) -> list[dict]:
     """The `count` wrong predictions made with the highest probability: index into the split, true and predicted
-    class index, and that probability; ties go to the earlier example."""
-    predicted = probabilities.argmax(1)
+    class index, and that probability; ties go to the earlier example. `predicted`: the classes the caller counted
+    (eval's confusion matrix takes the logits' argmax); default the probabilities' argmax."""
+    predicted = probabilities.argmax(1) if predicted is None else predicted
     confidence = probabilities[np.arange(len(labels)), predicted]
     wrong = np.flatnonzero(predicted != labels)
     order = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
@@ -115,9 +133,8 @@ def save_mistakes(mistakes: list[dict], images: list[np.ndarray], classes: list[
                   interpolation="nearest")
         ax.set_title(f"true {classes[mistake['true']]}\npredicted {classes[mistake['predicted']]} "
                      f"p={mistake['probability']:.2f}", fontsize=8)
-    if not mistakes:
-        axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    fig.suptitle(f"{title}the {len(mistakes)} most confident mistakes (#index in the split)", fontsize=10)
+    fig.suptitle(f"{title}the {len(mistakes)} most confident mistakes (#index in the split)" if mistakes
+                 else f"{title}no mistakes", fontsize=10)
     for ax, mistake in zip(axes, mistakes):
         ax.text(0.02, 0.02, f"#{mistake['index']}", transform=ax.transAxes, fontsize=7, color="white",
                 bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})

@@ -148,8 +148,7 @@ def primary_metric(runs) -> str:
 
 def best_run(runs) -> Run | None:
     """The run with the best validation result (never chosen by the test split); None when none has one."""
-    if not all(isinstance(r, Run) for r in runs):  # loaded records keep their names (a group's best is one)
-        runs = load_runs(runs)
+    runs = load_runs(runs)
     metric = primary_metric(runs)
     scored = [(run_metrics(r)[metric], i, r) for i, r in enumerate(runs) if run_metrics(r)[metric] is not None]
     if not scored:

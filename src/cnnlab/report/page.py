@@ -194,7 +194,7 @@ def render_html(blocks: list[tuple]) -> str:
             name, data, alt = rest
             parts.append(f'<img src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}" '
                          f'alt="{html.escape(alt)}" title="{html.escape(name)}"'
-                         + (' class="square">' if name.startswith(("confusion", "filters", "mistakes")) else ">"))
+                         + (' class="square">' if name.startswith(("confusion", "filters")) else ">"))
         elif kind == "table":
             headers, cells, numeric = _cells(rest[0])
             head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)

@@ -81,10 +81,17 @@ def load_run(path) -> Run:
         ece = evaluation.get("ece")  # evaluations before calibration was added have none
         if isinstance(ece, (int, float)) and (path / RELIABILITY_PNG).is_file():
             run.reliability_png, run.ece = path / RELIABILITY_PNG, float(ece)
-        # evaluations before the gallery was added have neither picture
-        run.filters_png = path / FILTERS_PNG if (path / FILTERS_PNG).is_file() else None
-        run.mistakes_png = path / MISTAKES_PNG if (path / MISTAKES_PNG).is_file() else None
+        # only the pictures this evaluation drew (older ones have none; a model without a first layer to draw none)
+        run.filters_png = _drawn(path, evaluation, "filters_png", FILTERS_PNG)
+        run.mistakes_png = _drawn(path, evaluation, "mistakes_png", MISTAKES_PNG)
     return run
+
+
+def _drawn(path: Path, evaluation: dict, key: str, name: str) -> Path | None:
+    """The run folder's picture `name` if eval_test.json says this evaluation drew it (under any folder: a copied
+    run folder keeps its pictures beside the JSON)."""
+    drawn = evaluation.get(key)
+    return path / name if isinstance(drawn, str) and Path(drawn).name == name and (path / name).is_file() else None
 
 
 def confused_pairs(confusion: list, classes: list[str], top: int = 5) -> list[dict]:
@@ -141,7 +148,8 @@ def load_runs(runs) -> list[Run]:
         records.extend(loaded)
     if not records:
         raise CnnlabError("no runs to report on; give one or more run folders")
-    _name(records)
+    if paths or not all(r.name for r in records):  # named records keep their names: a group's are named among all
+        _name(records)
     return records
 
 
