@@ -13,7 +13,8 @@ from cnnlab.config import TrainConfig
 from cnnlab.data.stream import StreamLoader, StreamingImageFolder, eval_transform
 from cnnlab.engine import fit
 from cnnlab.evaluate import evaluate_run, load_model
-from cnnlab.gallery import confident_mistakes, filter_tiles, first_layer, save_filters, split_images
+from cnnlab.gallery import (confident_mistakes, filter_tiles, first_layer, save_filters, split_images,
+                            split_paths)
 from cnnlab.models import create_model, list_models, model_info
 from data_fixtures import write_image_folder, write_mnist_idx
 
@@ -98,6 +99,7 @@ def test_a_streamed_split_shows_its_images_as_evaluation_cropped_them(tmp_path):
     loader = StreamLoader(folder, [5, 1, 3], batch_size=2, device="cpu", train=False, mean=[0.5] * 3,
                           std=[0.25] * 3, workers=0)
     shown = split_images(loader, [0, 2])  # positions in the split: files 5 and 3
+    assert split_paths(loader, [0, 2]) == [folder.path(5), folder.path(3)]
     for image, file_index in zip(shown, (5, 3)):
         with Image.open(folder.path(file_index)) as im:
             expected = eval_transform(im, 32, 36).permute(1, 2, 0).numpy()

@@ -136,7 +136,7 @@ def _gallery(model, checkpoint: dict, loader, probabilities, truth, predicted, c
     """The first layer's weights (filters.png) and the most confident mistakes (mistakes_SPLIT.png) as pictures,
     and the mistakes as data (index into the split, true and predicted class, probability). A model without a first
     layer to draw leaves no filters.png: one from an earlier evaluation would show weights that are not these."""
-    from cnnlab.gallery import confident_mistakes, save_filters, save_mistakes, split_images
+    from cnnlab.gallery import confident_mistakes, save_filters, save_mistakes, split_images, split_paths
 
     name = checkpoint["model_options"]["name"]
     result = {}
@@ -150,8 +150,9 @@ def _gallery(model, checkpoint: dict, loader, probabilities, truth, predicted, c
         images = split_images(loader, [m["index"] for m in mistakes])
         result["mistakes_png"] = str(save_mistakes(mistakes, images, classes, out_dir / f"mistakes_{split}.png",
                                                    title=f"{name} on the {split} split: "))
-        result["mistakes"] = [{**m, "true": classes[m["true"]], "predicted": classes[m["predicted"]]}
-                              for m in mistakes]
+        paths = split_paths(loader, [m["index"] for m in mistakes]) or [None] * len(mistakes)
+        result["mistakes"] = [{**m, "true": classes[m["true"]], "predicted": classes[m["predicted"]],
+                               **({"path": path} if path else {})} for m, path in zip(mistakes, paths)]
     return result
 
 

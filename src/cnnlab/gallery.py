@@ -117,6 +117,14 @@ def split_images(loader, indices: list[int]) -> list[np.ndarray]:
     return [dataset.load(int(loader.indices[i])).permute(1, 2, 0).numpy() for i in indices]
 
 
+def split_paths(loader, indices: list[int]) -> list[str] | None:
+    """The image files behind positions of a streamed split (ImageNet); None for in-memory splits, which keep no
+    file names (their index is the position in the split, in the order the dataset lists it)."""
+    if hasattr(loader, "images"):
+        return None
+    return [loader.dataset.path(int(loader.indices[i])) for i in indices]
+
+
 def save_mistakes(mistakes: list[dict], images: list[np.ndarray], classes: list[str], path: Path,
                   title: str = "") -> Path:
     """A 4-column gallery: each image with its true class and the class predicted with probability p."""
