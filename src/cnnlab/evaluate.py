@@ -147,10 +147,11 @@ def _gallery(model, checkpoint: dict, loader, probabilities, truth, predicted, c
         (out_dir / "filters.png").unlink(missing_ok=True)
     if len(checkpoint["image_shape"]) == 3:
         mistakes = confident_mistakes(probabilities, truth, predicted=predicted)
-        images = split_images(loader, [m["index"] for m in mistakes])
-        result["mistakes_png"] = str(save_mistakes(mistakes, images, classes, out_dir / f"mistakes_{split}.png",
+        indices = [m["index"] for m in mistakes]
+        result["mistakes_png"] = str(save_mistakes(mistakes, split_images(loader, indices), classes,
+                                                   out_dir / f"mistakes_{split}.png",
                                                    title=f"{name} on the {split} split: "))
-        paths = split_paths(loader, [m["index"] for m in mistakes]) or [None] * len(mistakes)
+        paths = split_paths(loader, indices) or [None] * len(mistakes)
         result["mistakes"] = [{**m, "true": classes[m["true"]], "predicted": classes[m["predicted"]],
                                **({"path": path} if path else {})} for m, path in zip(mistakes, paths)]
     return result
