@@ -1,7 +1,8 @@
 """The presets shipped in the package: named by their stem wherever a TOML path is taken, listed by `cnnlab presets`,
-every one valid, and their relative paths resolved against the current folder (not the package's)."""
+every one valid, and naming datasets (found in the data home), never files."""
 
 import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -113,13 +114,17 @@ def test_presets_name_prints_the_file_to_copy_and_edit(tmp_path, capsys, monkeyp
     assert [(n, c.data, c.epochs) for n, c in mine.runs] == [(n, c.data, 1) for n, c in preset.runs]
 
 
-def test_relative_paths_in_a_preset_resolve_against_the_current_folder(tmp_path, monkeypatch):
-    shared = write_shared_datasets(tmp_path / "shared" / "datasets")
-    (tmp_path / "checkout").mkdir()
-    monkeypatch.chdir(tmp_path / "checkout")  # "../shared/datasets" from here is tmp/shared/datasets
+def test_presets_name_datasets_not_files_and_nothing_in_the_package_names_the_shared_folder(tmp_path, monkeypatch):
+    for name in presets.names():
+        text = presets.preset_path(name).read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(data|data_root)\s*=", text, re.M), name
+    sources = [p for p in presets.FOLDER.parent.rglob("*") if p.suffix in (".py", ".toml")]
+    assert [p for p in sources if "../shared" in p.read_text(encoding="utf-8")] == []
+    home = write_shared_datasets(tmp_path / "home")
+    monkeypatch.setenv("CNNLAB_DATA", str(home))
+    monkeypatch.chdir(tmp_path)  # any folder: the data home is not relative to it
     config = resolve_data(train_config("--config", "demo-mnist-mlp"))
-    assert config.data == str(shared / "mnist-png.tar.gz") and config.dataset == "mnist"
+    assert config.data == str(home / "mnist-png.tar.gz") and config.dataset == "mnist"
     sweep = plan("seed-report")
-    assert sweep.out == Path("runs/seed-report") and sweep.data_root == Path("../shared/datasets")
-    assert {c.data for _, c in sweep.runs} == {str(shared / "cifar10-jpeg.tar.gz"),
-                                               str(shared / "tiny-imagenet-200.zip")}
+    assert sweep.out == Path("runs/seed-report") and sweep.data_root is None
+    assert {c.data for _, c in sweep.runs} == {str(home / "cifar10-jpeg.tar.gz"), str(home / "tiny-imagenet-200.zip")}

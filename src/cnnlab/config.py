@@ -35,10 +35,14 @@ class TrainConfig:
     # data
     dataset: str | None = _f(None, "cifar10, cifar100, tinyimagenet, imagenet, mnist or synthetic-linear "
                                    "(default: detected from --data)")
-    data: str | None = _f(None, "the dataset's folder or archive")
-    download: bool = _f(False, "where --data does not exist (or is not given), train on the dataset's official "
-                               "files instead, downloaded once into the cache's downloads/ folder and MD5-checked "
-                               "(needs --dataset); the run's first line says which copy it used")
+    data: str | None = _f(None, "the dataset's folder or archive (default: --dataset's files found in the data "
+                                "home, see --data-root)")
+    data_root: str | None = _f(None, "the data home: the folder where --dataset NAME is looked for when --data is "
+                                     "not given (default: $CNNLAB_DATA, else ~/.cache/cnnlab/datasets; "
+                                     "`cnnlab data list` shows what it holds)")
+    download: bool = _f(False, "where --data does not exist (or is not given) and the data home holds no copy, "
+                               "fetch the dataset's official files into the data home first, MD5-checked (needs "
+                               "--dataset); the run's first line says which copy it used")
     labels: str = _f("fine", "CIFAR-100 label set", ("fine", "coarse"))
     val_split: float = _f(0.1, "fraction of the training set held out for validation (stratified)")
     subset: int | None = _f(None, "train on N training images, drawn by a fixed shuffle (archives are sorted by "

@@ -4,10 +4,11 @@ after another.
     [sweep]                      # where, and which seeds
     out = "runs/ablation"
     seeds = [0, 1, 2]
-    data_root = "../shared/datasets"   # optional: relative `data` values resolve against it (--data-root wins)
+    data_root = "/data/sets"     # optional: where datasets are found (default: the data home, $CNNLAB_DATA)
     [base]                       # any TrainConfig fields
     model = "mlp"
-    data = ["full.zip", "subset.tar.gz"]   # a path, or candidates: the first that exists is used
+    dataset = "cifar10"          # its copy in the data root / data home: the official files first (cnnlab.data.home)
+    # data = ["full.zip", "subset.tar.gz"]   # or a path, or candidates: the first that exists is used
     [[variant]]                  # optional: named sets of overrides (an ablation's rows)
     name = "dropout"
     dropout = 0.5
@@ -44,7 +45,7 @@ class Sweep:
     """A planned sweep: every run's validated config, with its data resolved, in the order the runs go."""
     file: Path
     out: Path
-    data_root: Path
+    data_root: Path | None  # None: each dataset's copy in the data home
     runs: list[tuple[str, TrainConfig]]
     data_notes: dict[str, str] = field(default_factory=dict)  # run name → which data candidate was taken
 
@@ -128,20 +129,25 @@ def _combinations(spec: dict, overrides: dict, seeds: list[int]):
                 yield "-".join(parts + [f"seed{seed}"]), {**base, **variant, **settings, "seed": seed}
 
 
-def _data_root(path: Path, settings: dict, data_root) -> Path:
+def _data_root(path: Path, settings: dict, data_root) -> Path | None:
+    """--data-root, else the file's [sweep] data_root, else None: datasets are then looked for in the data home."""
     if data_root is not None:
         return Path(data_root).expanduser()
-    value = settings.get("data_root", ".")
+    value = settings.get("data_root")
+    if value is None:
+        return None
     if not isinstance(value, str) or not value:
         raise CnnlabError(f"{path}: [sweep] data_root must be a folder path (a string), got {value!r}")
     return Path(value).expanduser()
 
 
-def _choose_data(values: dict, root: Path) -> tuple[dict, str]:
-    """Settings with `data` resolved against the data root; a list of candidates becomes the first that exists."""
+def _choose_data(values: dict, root: Path | None) -> tuple[dict, str]:
+    """Settings with `data` resolved against the data root; a list of candidates becomes the first that exists.
+    A run without `data` reads its dataset's copy in the data root (else the data home): resolve_data finds it."""
     data = values.get("data")
     if data is None:
-        return values, ""
+        return ({**values, "data_root": str(root)} if root is not None else values), ""
+    root = root if root is not None else Path(".")
     candidates = data if isinstance(data, list) else [data]
     if not candidates or not all(isinstance(c, str) and c for c in candidates):
         raise CnnlabError(f"data must be a path or a non-empty list of paths (the first that exists is used), "
@@ -159,15 +165,18 @@ def _choose_data(values: dict, root: Path) -> tuple[dict, str]:
     return {**values, "data": str(paths[found])}, f"candidate {found + 1} of {len(paths)}{missing}"
 
 
-def _resolve(config: TrainConfig, seen: dict) -> None:
-    """resolve_data once per distinct data setting: a sweep names the same archive many times, each check ~1 s."""
+def _resolve(config: TrainConfig, seen: dict) -> str:
+    """resolve_data once per distinct data setting (a sweep names the same archive many times, each check ~1 s);
+    what it said about the copy it found, for the dry run."""
     from cnnlab.run_data import resolve_data
 
-    key = (config.data, config.dataset, config.cache_dir, config.download)  # what resolve_data reads
+    key = (config.data, config.data_root, config.dataset, config.cache_dir, config.download)  # what it reads
     if key not in seen:
-        done = resolve_data(dataclasses.replace(config))
-        seen[key] = (done.data, done.dataset, done.cache_dir)
-    config.data, config.dataset, config.cache_dir = seen[key]
+        said = []
+        done = resolve_data(dataclasses.replace(config), say=said.append)
+        seen[key] = (done.data, done.dataset, done.cache_dir, " ".join(said).removeprefix("data: "))
+    config.data, config.dataset, config.cache_dir, note = seen[key]
+    return note
 
 
 def run_settings(path: Path, spec: dict, overrides: dict | None = None) -> list[tuple[str, dict]]:
@@ -204,7 +213,9 @@ def plan(path, data_root=None, overrides: dict | None = None) -> Sweep:
         config = TrainConfig.from_dict(values, origin)
         config.out = str(sweep.out / name)
         with _naming(origin):
-            _resolve(config.validate(), seen)
+            found = _resolve(config.validate(), seen)
+        if found and not sweep.data_notes[name]:
+            sweep.data_notes[name] = found.split(" (", 1)[1].rstrip(")") if " (" in found else found
         sweep.runs.append((name, config))
     return sweep
 
@@ -222,7 +233,7 @@ def describe(sweep: Sweep) -> list[str]:
               and len({repr(getattr(c, f.name)) for _, c in sweep.runs}) > 1]
     action = {"done": "finished earlier: skipped", "resume": "interrupted: resumed", "new": "to train"}
     n = len(sweep.runs)
-    lines = [f"{sweep.file}: {n} runs into {sweep.out}; data root {sweep.data_root}"]
+    lines = [f"{sweep.file}: {n} runs into {sweep.out}; data: {_where(sweep.data_root)}"]
     for k, (name, config) in enumerate(sweep.runs, 1):
         note = sweep.data_notes.get(name)
         data = config.data or f"none ({config.dataset} is generated)"
@@ -231,6 +242,13 @@ def describe(sweep: Sweep) -> list[str]:
                   "    settings: " + (" ".join(f"{key}={getattr(config, key)}" for key in differ) or "(one run)"),
                   f"    data:     {data}" + (f" ({note})" if note else "")]
     return lines + ["dry run: nothing trained, nothing created"]
+
+
+def _where(root: Path | None) -> str:
+    from cnnlab.data.home import data_home
+
+    home = data_home(root)
+    return f"{home.path} ({home.said})"
 
 
 def _clock(seconds: float) -> str:

@@ -1,7 +1,8 @@
 """Datasets in their official formats → cached uint8 arrays → loaders.
 
-    ds = load_dataset("cifar10", "../shared/datasets/cifar10-jpeg.tar.gz")   # decoded once, then cached
-    ds = load_dataset(None, "../shared/datasets/cifar10-jpeg.tar.gz")        # the same cache: detected as cifar10
+    ds = load_dataset("cifar10", "data/cifar-10-python.tar.gz")   # decoded once, then cached
+    ds = load_dataset(None, "data/cifar-10-python.tar.gz")        # the same cache: detected as cifar10
+    home.locate("cifar10").path                                   # its copy in the data home ($CNNLAB_DATA)
     train_idx, val_idx = split_train_val(ds.train.labels, 0.1, seed=0)
 """
 
@@ -26,7 +27,7 @@ DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagenet", "mnist", "synthet
 CLASS_COUNTS = {"cifar10": (10,), "cifar100": (100, 20), "tinyimagenet": (200,), "mnist": (10,)}
 STREAMED = ("imagenet",)
 
-__all__ = ["DATASETS", "Dataset", "Split", "dataset_info", "detect_dataset", "download_to_cache", "load_dataset",
+__all__ = ["DATASETS", "Dataset", "Split", "dataset_info", "detect_dataset", "load_dataset",
            "split_train_val", "synthetic_linear"]
 
 
@@ -42,12 +43,6 @@ def _resolve(name: str | None, path, download_first: bool) -> Path:
             raise CnnlabError("--download needs --dataset NAME to know what to fetch")
         return download(name, Path(path))
     return Path(path).expanduser()
-
-
-def download_to_cache(name: str, cache_dir=None) -> Path:
-    """The dataset's official files in the cache's downloads/<name>/, fetched and MD5-checked unless already there."""
-    cache_dir = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
-    return download(name, cache_dir / "downloads" / name)
 
 
 def _imagenet_layout(path: Path) -> bool:

@@ -4,10 +4,10 @@
     cnnlab sweep seed-report                   # a sweep preset: [sweep], [base], [[variant]], [grid]
     cnnlab presets [NAME]                      # list them, or print one to copy and edit
 
-A path is accepted wherever a name is, and an existing file wins over a preset of the same name. Relative paths
-inside a preset (`data`, `data_root`, `out`) resolve against the current folder, as those of any config file do,
-never against the package's folder: "../shared/datasets/…" is the shared folder beside the folder you run in (a
-checkout's root); anywhere else, --data or --data-root says where the data is.
+A path is accepted wherever a name is, and an existing file wins over a preset of the same name. Presets name
+datasets, not files: each run reads its dataset's copy in the data home (cnnlab.data.home: $CNNLAB_DATA, else
+~/.cache/cnnlab/datasets; --data-root or --data say otherwise). Relative paths in a config file (`out`, a `data`
+you add) resolve against the current folder, never against the package's folder.
 """
 
 from pathlib import Path
@@ -82,5 +82,5 @@ def listing(folder: Path = FOLDER) -> list[str]:
     lines = [f"{'NAME':<{width}}  KIND   WHAT"] + [f"{n:<{width}}  {k:<5}  {what}" for n, k, what in rows]
     return lines + ["", "Run one: cnnlab train --config NAME (train), cnnlab sweep NAME (sweep). Copy one to edit: "
                         "cnnlab presets NAME > mine.toml",
-                    "Their relative paths (data, data_root, out) start from the current folder; --data or "
-                    "--data-root overrides them."]
+                    "They read each dataset from the data home ($CNNLAB_DATA; `cnnlab data list` shows it); "
+                    "--data or --data-root overrides it."]

@@ -12,7 +12,7 @@ from cnnlab.report.runs import Run, load_runs
 
 # Where data and outputs live says nothing about what was trained: the same experiment on another machine. Nor does
 # a second view of the numbers (--tensorboard): a run with it repeats one without.
-IGNORED = ("out", "data", "cache_dir", "download", "tensorboard", "tensorboard_every")
+IGNORED = ("out", "data", "data_root", "cache_dir", "download", "tensorboard", "tensorboard_every")
 # Runs equal in everything but these are repeats of one experiment.
 GROUP_IGNORED = IGNORED + ("seed",)
 # Shown in their own columns, so never repeated among the differing hyperparameters.
