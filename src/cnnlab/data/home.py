@@ -194,6 +194,15 @@ def fetch(dataset: str, root=None) -> Path:
     return download(dataset, dest)
 
 
+def _what(path: Path, copy: Copy, checksums: bool) -> str:
+    """`official, MD5 checked: …` only when the bytes are the published ones; an official name alone is not."""
+    if not (checksums and copy.kind == "official"):
+        return f"{copy.kind}: {copy.about}"
+    if checksum_status(path).startswith("official"):
+        return f"official, MD5 checked: {copy.about}"
+    return f"official name, other bytes (no published MD5 matches; read for its structure): {copy.about}"
+
+
 def listing(root=None, checksums: bool = True) -> list[str]:
     """What `cnnlab data list` prints: each dataset's copies present (the one a run takes first), what each is,
     the missing datasets with the command that fetches them, and the files cnnlab does not know."""
@@ -212,10 +221,9 @@ def listing(root=None, checksums: bool = True) -> list[str]:
             continue
         for k, copy in enumerate(present):
             mark = "used" if k == 0 else "    "
-            status = f"; {checksum_status(home.path / copy.name)}" if checksums and copy.official else ""
             shown = copy.name + ("/" if (home.path / copy.name).is_dir() else "")
-            lines.append(f"  {dataset if k == 0 else '':<13} {mark} {shown:<{width}} {copy.kind}: {copy.about}"
-                         f"{status}")
+            lines.append(f"  {dataset if k == 0 else '':<13} {mark} {shown:<{width}} "
+                         f"{_what(home.path / copy.name, copy, checksums)}")
     if home.path.is_dir():
         other = sorted(p.name for p in home.path.iterdir() if p.name not in known and not p.name.startswith("."))
         if other:
