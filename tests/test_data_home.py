@@ -147,3 +147,21 @@ def test_the_listing_shows_each_copy_what_it_is_and_what_is_missing(tmp_path, se
     tar_folder(write_cifar10_python(tmp_path / "other")[0], data_home / "cifar-10-python.tar.gz")  # other bytes
     assert "used cifar-10-python.tar.gz" in home.listing(data_home)[1]
     assert "official name, other bytes (no published MD5 matches" in home.listing(data_home)[1]
+
+
+def test_the_seed_report_plans_and_trains_from_a_data_home_of_official_archives(tmp_path, monkeypatch, capsys):
+    """The main job on a user's machine: only the official archives, in $CNNLAB_DATA, and one command."""
+    from cnnlab.cli import main
+    from test_wheel import official_data_home
+
+    data = official_data_home(tmp_path / "data")
+    monkeypatch.setenv("CNNLAB_DATA", str(data))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "seed-report", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cifar-10-python.tar.gz", "tiny-imagenet-200.zip"):
+        assert out.count(f"data:     {data / name} (") == 2
+    assert out.count("the official files: ") == 4 and "re-encoded" not in out and "subset" not in out
+    assert main(["sweep", "seed-report", "--set", "epochs=1", "--set", "subset=500", "--set", "test_subset=200"]) == 0
+    assert (tmp_path / "runs" / "seed-report" / "report" / "index.html").is_file()
+    assert len(list((tmp_path / "runs" / "seed-report").glob("*/summary.json"))) == 4
