@@ -1,15 +1,17 @@
-"""A config file's schedule positions in epochs (warm-up, milestones, Lookahead's start) follow --epochs when the
-user shortens or lengthens its run: fit_to_epochs, and `cnnlab train` that uses it."""
+"""A config file's schedule positions in epochs (warm-up, milestones, Lookahead's start) follow --epochs and
+`--set epochs=` when the user shortens or lengthens its run: fit_to_epochs, and the two places that use it."""
 
 import json
 import tomllib
 
 import pytest
-from data_fixtures import write_cifar10_python
+from data_fixtures import write_cifar10_python, write_shared_datasets
 
+import cnnlab.engine as engine
 from cnnlab.cli import build_parser, main
 from cnnlab.config import TrainConfig, config_from_args, fit_to_epochs
 from cnnlab.presets import preset_path
+from cnnlab.sweep import describe, parse_settings, plan, run_sweep
 
 SPEEDRUN = {"epochs": 10, "warmup_epochs": 2.3, "lookahead_epoch": 4}
 
@@ -86,6 +88,58 @@ def test_an_inconsistent_value_the_user_typed_is_still_refused_in_one_line(capsy
     code = main(["train", "--config", "speedrun-cifar10", "--epochs", "1", "--warmup-epochs", "2.3"])
     err = capsys.readouterr().err
     assert code == 2 and err == "cnnlab: error: --warmup-epochs 2.3 is not allowed; use at most --epochs\n"
+
+
+SWEEP = """
+[sweep]
+out = "{out}"
+data_root = "{root}"
+[base]
+model = "speednet"
+dataset = "cifar10"
+data = "cifar10-jpeg.tar.gz"
+epochs = 10
+warmup_epochs = 2.3
+lookahead_epoch = 4
+[[variant]]
+name = "preset"
+[[variant]]
+name = "own-warmup"
+warmup_epochs = 1.0
+"""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return write_shared_datasets(tmp_path_factory.mktemp("shared") / "datasets")
+
+
+def test_sweep_set_epochs_rescales_the_sweep_files_positions_and_the_dry_run_says_so(tmp_path, root, capsys,
+                                                                                         monkeypatch):
+    path = tmp_path / "s.toml"
+    path.write_text(SWEEP.format(out=tmp_path / "out", root=root), encoding="utf-8")
+    sweep = plan(path, overrides=parse_settings(["epochs=1"]))
+    assert [(c.epochs, c.warmup_epochs, c.lookahead_epoch) for _, c in sweep.runs] == [(1, 0.23, 1), (1, 0.1, 1)]
+    assert sweep.epoch_notes["own-warmup-seed0"][0] == ("warmup_epochs 1.0 → 0.1 (the sweep file's 10 epochs "
+                                                        "shortened to 1)")
+    assert main(["sweep", str(path), "--set", "epochs=1", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("    rescaled: ") == 4
+    assert "    rescaled: warmup_epochs 2.3 → 0.23 (the sweep file's 10 epochs shortened to 1)\n" in out
+    assert describe(plan(path)) == describe(plan(path, overrides={"epochs": 10}))  # same epochs: nothing said
+    logged = []  # and each run's log gets its notes, as `cnnlab train`'s does
+    monkeypatch.setattr(engine, "fit", lambda config, resume=None, should_stop=None, notes=(): logged.append(notes))
+    run_sweep(sweep, report=False, log=lambda line: None)
+    assert logged == [sweep.epoch_notes["preset-seed0"], sweep.epoch_notes["own-warmup-seed0"]] and logged[0]
+
+
+def test_a_variants_own_epochs_rescale_the_base_positions_but_not_its_own(tmp_path, root):
+    path = tmp_path / "s.toml"
+    text = SWEEP.format(out=tmp_path / "out", root=root) + "epochs = 5\n"  # own-warmup: 5 epochs, warm-up 1
+    path.write_text(text, encoding="utf-8")
+    sweep = plan(path)
+    assert [(c.epochs, c.warmup_epochs, c.lookahead_epoch) for _, c in sweep.runs] == [(10, 2.3, 4), (5, 1.0, 3)]
+    assert sweep.epoch_notes["own-warmup-seed0"] == ["lookahead_epoch 4 → 3 ([base]'s 10 epochs shortened to 5)"]
 
 
 def test_train_a_preset_briefly_from_the_command_line(tmp_path, capsys):

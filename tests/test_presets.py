@@ -85,7 +85,7 @@ def test_every_shipped_preset_is_valid_with_the_runs_its_tables_promise():
                  * len(spec["sweep"].get("seeds", [0])))
         runs = run_settings(path, read_sweep(path))
         assert len(runs) == count and what.startswith(f"{count} runs of "), (name, what)
-        for run, settings in runs:
+        for run, settings, _ in runs:
             TrainConfig.from_dict(settings, f"{name} {run}").validate()
 
 
