@@ -252,7 +252,7 @@ def test_the_other_presets_plan_and_validate(name, count, monkeypatch, tmp_path)
 def test_progress_elapsed_and_estimate_across_runs(tmp_path, monkeypatch):
     now = [0.0]
 
-    def fake_fit(config, resume=None, should_stop=None):  # each run takes one minute of the fake clock
+    def fake_fit(config, resume=None, should_stop=None, notes=()):  # each run takes one minute of the fake clock
         now[0] += 60
         Path(config.out).mkdir(parents=True)
         (Path(config.out) / "summary.json").write_text("{}")

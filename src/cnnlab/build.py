@@ -116,8 +116,9 @@ def _plain(d: dict) -> dict:
             for k, v in d.items()}
 
 
-def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tuple[Setup, TrainState]:
-    """Open (resume) or plan the run, build data and model, create the run folder last, restore the state."""
+def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=()) -> tuple[Setup, TrainState]:
+    """Open (resume) or plan the run, build data and model, create the run folder last, restore the state. A new
+    run's log gives `notes` (how its settings were put together: fit_to_epochs') after its first line."""
     run, checkpoint, rewrite_config = None, None, False
     if resume:
         run, checkpoint, config, rewrite_config = _reopen(resume, config, d, stack)
@@ -158,7 +159,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
                   nonfinite_step=torch.full((), -1, device=device, dtype=torch.int64))
     state = _state(model, setup)
     if checkpoint is None:
-        _introduce(setup, model, recipe, tuning)
+        _introduce(setup, model, recipe, tuning, notes)
     else:
         _restore(setup, state, checkpoint, rewrite_config)
     if config.tensorboard and not run.readonly:
@@ -166,12 +167,15 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
     return setup, state
 
 
-def _introduce(setup: Setup, model, recipe: dict, tuning: list[str]) -> None:
-    """A new run's first lines: what trains on what, the recipe's choices, the method, the processes, the machine."""
+def _introduce(setup: Setup, model, recipe: dict, tuning: list[str], notes=()) -> None:
+    """A new run's first lines: what trains on what, how its settings were put together (`notes`), the recipe's
+    choices, the method, the processes, the machine."""
     config, data, d = setup.config, setup.data, setup.d
     setup.say(f"training {setup.options['name']} ({count_params(model):,} parameters) on {config.dataset}: "
               f"{data.n_train} train / {data.val.num_examples if data.val else 0} val / "
               f"{data.test.num_examples} test, {setup.device} → {setup.run.path}")
+    for line in notes:
+        setup.say(line)
     if recipe:
         setup.say(describe_recipe(config.model, recipe))
     setup.say(describe_method(config, data))

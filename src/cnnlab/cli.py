@@ -85,7 +85,8 @@ def _train(args) -> None:
             config = TrainConfig.from_dict({"epochs": args.epochs}, "--epochs")
         fit(config, resume=args.resume)
     else:
-        fit(config_from_args(args))
+        notes = []
+        fit(config_from_args(args, notes), notes=notes)
 
 
 def _eval(args) -> None:

@@ -67,7 +67,8 @@ class TrainConfig:
     resize_size: int = _f(256, "streamed datasets: the shorter side is resized to this before the centre crop")
     workers: int = _f(4, "streamed datasets: DataLoader worker processes")
     # optimisation
-    epochs: int = _f(10, "passes over the training split")
+    epochs: int = _f(10, "passes over the training split; changing the epochs a --config file sets rescales its "
+                         "warm-up, milestones and Lookahead start (unless given too), and the log says so")
     batch_size: int | str = _f(128, "examples per step: 1 is SGD, `all` full-batch gradient descent (the exact "
                                     "mean gradient, accumulated over chunks of 1024; batch norm then normalises "
                                     "each chunk with its own statistics). Momentum applies unless --momentum 0")
@@ -308,6 +309,53 @@ def _int(value) -> int:
     return int(value)
 
 
+# Settings that name a position in the run's schedule, in epochs (early-stopping patience counts epochs too, but
+# it is a length of waiting, not a place in the schedule).
+EPOCH_POSITIONS = ("warmup_epochs", "milestones", "lookahead_epoch")
+
+
+def fit_to_epochs(file: dict, given: dict, source: str = "the config's") -> tuple[dict, list[str]]:
+    """Rescale the schedule positions a config file wrote for its own epochs when `given` (what the user set on top
+    of the file: flags, a sweep's --set) changes the epochs; return ({setting: new value}, one note per change).
+
+    Each position is multiplied by given epochs / file epochs, both ways (a longer run keeps the schedule's shape as
+    a shorter one does): warm-up 2.3 of 10 → 0.23 of 1 (4 significant digits); milestones [30, 60] of 90 →
+    [10, 20] of 30, rounded half up but not below 1, duplicates merged and those ≥ the epochs dropped (they would
+    never apply); Lookahead, which starts with epoch `lookahead_epoch` (1-based; 0 = off), keeps the share of the
+    run before it: the epochs before it are rescaled and rounded half up, and it is switched off (0) when that
+    leaves no epoch for it. Nothing changes when the file does not set `epochs` itself (its positions were not
+    written for a run length), nor a setting `given` sets too: the user's own value is kept, and validate() names it
+    if it does not fit. Values of the wrong type are left for validate() too.
+    """
+    if "epochs" not in file or "epochs" not in given:
+        return {}, []
+    try:
+        old = TrainConfig.from_dict({k: file[k] for k in ("epochs", *EPOCH_POSITIONS) if k in file})
+        epochs = TrainConfig.from_dict({"epochs": given["epochs"]}).epochs
+    except CnnlabError:
+        return {}, []
+    if epochs == old.epochs or epochs < 1 or old.epochs < 1:
+        return {}, []
+
+    def scaled(value):
+        return value * epochs / old.epochs
+
+    milestones = {max(1, _half_up(scaled(m))) if m >= 1 else m for m in old.milestones}
+    before_lookahead = _half_up(scaled(old.lookahead_epoch - 1))  # whole epochs trained before it starts
+    new = {"warmup_epochs": float(f"{scaled(old.warmup_epochs):.4g}"),
+           "milestones": sorted(m for m in milestones if m < epochs),
+           "lookahead_epoch": before_lookahead + 1 if old.lookahead_epoch and before_lookahead < epochs else 0}
+    changes = {k: v for k, v in new.items() if k in file and k not in given and v != getattr(old, k)}
+    how = f"{source} {old.epochs} epochs {'shortened' if epochs < old.epochs else 'lengthened'} to {epochs}"
+    notes = [f"{k} {getattr(old, k)} → {v} ({'off: ' if k == 'lookahead_epoch' and not v else ''}{how})"
+             for k, v in changes.items()]
+    return changes, notes
+
+
+def _half_up(x: float) -> int:
+    return math.floor(x + 0.5)  # not round(): its ties go to the even number, 0.5 → 0 but 1.5 → 2
+
+
 # The names users of timm's and torchvision's training scripts already type, for the same settings.
 ALIASES = {"optimizer": ["--opt"], "schedule": ["--sched"], "batch_size": ["-b"], "out": ["--output", "--output-dir"],
            "label_smoothing": ["--smoothing"], "clip_grad_norm": ["--clip-grad"]}
@@ -329,13 +377,19 @@ def add_arguments(parser) -> None:
                              "--precision auto already picks the fastest)")
 
 
-def config_from_args(args) -> TrainConfig:
-    """The settings of `cnnlab train`: --config (a TOML file or a preset's name), then the flags given."""
+def config_from_args(args, notes: list[str] | None = None) -> TrainConfig:
+    """The settings of `cnnlab train`: --config (a TOML file or a preset's name), then the flags given. `notes`, if
+    given, receives a line for each of the file's settings in epochs rescaled to --epochs (see fit_to_epochs)."""
     from cnnlab.presets import find  # here, not above: cnnlab.presets imports this module
 
-    config = TrainConfig.from_toml(find(args.config, "train")) if getattr(args, "config", None) else TrainConfig()
+    path = find(args.config, "train") if getattr(args, "config", None) else None
+    file = read_toml(path) if path else {}
+    config = TrainConfig.from_dict(file, str(path))
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    for name, value in given.items():
+    rescaled, lines = fit_to_epochs(file, given)
+    if notes is not None:
+        notes.extend(lines)
+    for name, value in {**given, **rescaled}.items():
         setattr(config, name, _coerce(next(f for f in fields(TrainConfig) if f.name == name), value,
                                       "--" + name.replace("_", "-")))
     return config.validate()

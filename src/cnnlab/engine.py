@@ -136,8 +136,9 @@ def evaluate(model, loader: DeviceLoader, task: str, num_classes: int, autocast=
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
-def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None) -> RunFolder:
+def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None, notes=()) -> RunFolder:
     """Train `config` into its run folder, or continue the run in `resume` (config may then carry new epochs).
+    `notes`: lines for a new run's log about how its settings were put together (config_from_args' notes).
 
     The run folder is locked for the whole run; a new one is created only after data and model are built, so
     bad input leaves nothing behind.
@@ -145,7 +146,7 @@ def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None)
     d = distributed.setup(config.device if config is not None else "auto")
     try:
         with contextlib.ExitStack() as stack:
-            setup, state = start(config, resume, d, stack)
+            setup, state = start(config, resume, d, stack, notes)
             stop_reason = None
             with StopRequest(should_stop) as stop, _out_of_memory_is_one_line(setup, state):
                 for epoch in range(state.epoch + 1, setup.config.epochs + 1):

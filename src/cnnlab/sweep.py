@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from cnnlab.config import TrainConfig, read_toml
+from cnnlab.config import TrainConfig, fit_to_epochs, read_toml
 from cnnlab.errors import CnnlabError
 from cnnlab.presets import find as find_preset
 
@@ -48,6 +48,7 @@ class Sweep:
     data_root: Path | None  # None: each dataset's copy in the data home
     runs: list[tuple[str, TrainConfig]]
     data_notes: dict[str, str] = field(default_factory=dict)  # run name → which data candidate was taken
+    epoch_notes: dict[str, list[str]] = field(default_factory=dict)  # run name → settings rescaled to its epochs
 
 
 @contextmanager
@@ -114,9 +115,17 @@ def _name_part(key: str, value) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", f"{key}={text}")
 
 
+def _layer(below: dict, above: dict, source: str) -> tuple[dict, list[str]]:
+    """`above`'s settings over `below`'s, with below's positions in epochs rescaled where above changes the epochs."""
+    rescaled, notes = fit_to_epochs(below, above, source)
+    return {**below, **above, **rescaled}, notes
+
+
 def _combinations(spec: dict, overrides: dict, seeds: list[int]):
-    """(run name, settings) for every variant × grid combination × seed, in the order they run."""
-    base = {**spec.get("base", {}), **overrides}
+    """(run name, settings, notes) for every variant × grid combination × seed, in the order they run.
+
+    A variant's or grid point's epochs rescale the [base] settings in epochs, as --set epochs does the sweep file's
+    (fit_to_epochs); the notes say which."""
     grid = spec.get("grid", {})
     for variant in spec.get("variant", [{}]):
         variant = dict(variant)
@@ -125,8 +134,10 @@ def _combinations(spec: dict, overrides: dict, seeds: list[int]):
             settings = dict(zip(grid, combo))
             parts = ([re.sub(r"[^A-Za-z0-9_.-]", "_", label)] if label else []) + [
                 _name_part(k, v) for k, v in settings.items()]
+            values, notes = _layer(spec.get("base", {}), {**variant, **settings}, "[base]'s")
+            values, more = _layer(values, overrides, "the sweep file's")
             for seed in seeds:
-                yield "-".join(parts + [f"seed{seed}"]), {**base, **variant, **settings, "seed": seed}
+                yield "-".join(parts + [f"seed{seed}"]), {**values, "seed": seed}, notes + more
 
 
 def _data_root(path: Path, settings: dict, data_root) -> Path | None:
@@ -179,15 +190,16 @@ def _resolve(config: TrainConfig, seen: dict) -> str:
     return note
 
 
-def run_settings(path: Path, spec: dict, overrides: dict | None = None) -> list[tuple[str, dict]]:
-    """(run name, settings) of every run a sweep file's tables describe, in order; data not yet resolved."""
+def run_settings(path: Path, spec: dict, overrides: dict | None = None) -> list[tuple[str, dict, list[str]]]:
+    """(run name, settings, notes on settings rescaled to its epochs) of every run a sweep file's tables describe,
+    in order; data not yet resolved."""
     overrides = dict(overrides or {})
     _check_sources(path, spec, overrides)
     seeds = spec.get("sweep", {}).get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise CnnlabError(f"{path}: [sweep] seeds must be a non-empty list of integers")
     combinations = list(_combinations(spec, overrides, seeds))
-    names = [n for n, _ in combinations]
+    names = [n for n, _, _ in combinations]
     if len(set(names)) != len(names):
         raise CnnlabError(f"{path}: two runs would share a folder name; give each [[variant]] a distinct name")
     return combinations
@@ -206,8 +218,9 @@ def plan(path, data_root=None, overrides: dict | None = None) -> Sweep:
     settings = spec.get("sweep", {})
     sweep = Sweep(path, Path(settings.get("out", f"runs/{path.stem}")), _data_root(path, settings, data_root), [])
     seen = {}
-    for name, values in combinations:
+    for name, values, notes in combinations:
         origin = f"{path} ({name})"
+        sweep.epoch_notes[name] = notes
         with _naming(origin):
             values, sweep.data_notes[name] = _choose_data(values, sweep.data_root)
         config = TrainConfig.from_dict(values, origin)
@@ -240,6 +253,7 @@ def describe(sweep: Sweep) -> list[str]:
         lines += [f"[{k}/{n}] {name} ({action[run_state(Path(config.out))]})",
                   f"    out:      {config.out}",
                   "    settings: " + (" ".join(f"{key}={getattr(config, key)}" for key in differ) or "(one run)"),
+                  *(f"    rescaled: {line}" for line in sweep.epoch_notes.get(name, [])),
                   f"    data:     {data}" + (f" ({note})" if note else "")]
     return lines + ["dry run: nothing trained, nothing created"]
 
@@ -283,7 +297,7 @@ class SweepProgress:
                 f"{c['done']} finished earlier) in {_clock(self.clock() - self.start)}")
 
 
-def _train_one(config: TrainConfig, state: str, should_stop) -> None:
+def _train_one(config: TrainConfig, state: str, should_stop, notes=()) -> None:
     from cnnlab.engine import fit
 
     folder = Path(config.out)
@@ -292,7 +306,7 @@ def _train_one(config: TrainConfig, state: str, should_stop) -> None:
         return
     if folder.exists():  # stopped before its first checkpoint: nothing to keep
         shutil.rmtree(folder)
-    fit(config, should_stop=should_stop)
+    fit(config, should_stop=should_stop, notes=notes)
 
 
 def run_sweep(sweep, report: bool = True, log=print, should_stop=None, clock=time.monotonic) -> Path:
@@ -314,7 +328,8 @@ def run_sweep(sweep, report: bool = True, log=print, should_stop=None, clock=tim
         log(f"[{k}/{n}] {name}{' (resuming)' if state == 'resume' else ''} — {progress.status()}")
         start = clock()
         try:
-            _train_one(config, state, functools.partial(should_stop, name) if should_stop else None)
+            _train_one(config, state, functools.partial(should_stop, name) if should_stop else None,
+                       sweep.epoch_notes.get(name, []))
         except SystemExit:
             log(f"sweep stopped in run {k}/{n}; start the same `cnnlab sweep` command again to continue it")
             raise

@@ -69,7 +69,7 @@ def summary(path: Path) -> tuple[str, str]:
     if kind_of(values) == "train":
         config = TrainConfig.from_toml(path)
         return "train", f"{config.model} on {config.dataset or 'the dataset --data holds'}, {config.epochs} epochs"
-    runs = [settings for _, settings in run_settings(path, read_sweep(path))]
+    runs = [settings for _, settings, _ in run_settings(path, read_sweep(path))]
     models = dict.fromkeys(s.get("model", TrainConfig.model) for s in runs)
     datasets = dict.fromkeys(s.get("dataset") or "the dataset its data holds" for s in runs)
     return "sweep", f"{len(runs)} runs of {', '.join(models)} on {', '.join(datasets)}"
