@@ -42,8 +42,10 @@ def test_tiny_imagenets_subset_is_named_for_what_it_is(tmp_path):
     tar_folder(tmp_path / "t" / "tiny-imagenet-200", tmp_path / "tiny-imagenet-200-train100.tar.gz")
     found = home.locate("tinyimagenet", tmp_path)
     assert found.copy.kind == "subset" and "train100 results, not Tiny ImageNet results" in found.describe()
-    assert home.copy_of(found.path, "tinyimagenet").startswith("subset: train100: 100 training images per class")
-    assert home.copy_of(tmp_path / "mine.zip", "tinyimagenet") is None
+    notes = home.data_notes(found.path, "tinyimagenet")
+    assert notes["data_copy"].startswith("subset: train100: 100 training images per class")
+    assert notes["data_label"] == "tinyimagenet (train100 subset)"
+    assert home.data_notes(tmp_path / "mine.zip", "tinyimagenet") == {"data_copy": None, "data_label": "tinyimagenet"}
 
 
 def test_a_missing_dataset_names_the_files_looked_for_and_the_command_that_fetches_them(tmp_path):
@@ -165,3 +167,20 @@ def test_the_seed_report_plans_and_trains_from_a_data_home_of_official_archives(
     assert main(["sweep", "seed-report", "--set", "epochs=1", "--set", "subset=500", "--set", "test_subset=200"]) == 0
     assert (tmp_path / "runs" / "seed-report" / "report" / "index.html").is_file()
     assert len(list((tmp_path / "runs" / "seed-report").glob("*/summary.json"))) == 4
+    results = (tmp_path / "runs" / "seed-report" / "report" / "results.md").read_text(encoding="utf-8")
+    assert "Data: cifar10: official: CIFAR-10, python version; tinyimagenet: official: Tiny ImageNet" in results
+
+
+def test_a_report_names_a_subset_for_what_it_is(tmp_path, monkeypatch):
+    """RESULTS-style labels come from the file a run read, not from a preset's comment."""
+    from cnnlab.engine import fit
+    from cnnlab.report import write_report
+
+    write_tinyimagenet(tmp_path / "t", per_class=2, n_val=20, as_zip=False)
+    (tmp_path / "home").mkdir()
+    tar_folder(tmp_path / "t" / "tiny-imagenet-200", tmp_path / "home" / "tiny-imagenet-200-train100.tar.gz")
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "home"))
+    fit(TrainConfig(model="softmax", dataset="tinyimagenet", epochs=1, out=str(tmp_path / "run"), device="cpu"))
+    results = (write_report([tmp_path / "run"], tmp_path / "report").parent / "results.md").read_text()
+    assert "| tinyimagenet (train100 subset) |" in results
+    assert "Data: tinyimagenet (train100 subset): subset: train100: 100 training images per class" in results

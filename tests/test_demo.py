@@ -67,6 +67,7 @@ def test_the_demo_uses_the_data_homes_copy_when_there_is_one(tmp_path, capsys, o
     assert f'data = "{shared / "mnist-png.tar.gz"}"' in config and "download = true" in config
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["data_copy"] == "re-encoded: all of MNIST as lossless PNG (the same pixels)"
+    assert summary["data_label"] == "mnist (PNG copy)"
 
 
 def test_with_an_empty_data_home_the_demo_trains_on_official_mnist_downloaded_into_it(

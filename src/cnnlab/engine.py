@@ -15,7 +15,7 @@ import torch
 from cnnlab import distributed
 from cnnlab.build import Setup, bare_setup, start
 from cnnlab.config import TrainConfig
-from cnnlab.data.home import copy_of
+from cnnlab.data.home import data_notes
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.distributed import Dist, any_true, barrier
 from cnnlab.errors import CnnlabError
@@ -259,8 +259,8 @@ def record_epoch(setup: Setup, state: TrainState, epoch: int, sums: Sums, epoch_
 def finish(setup: Setup, state: TrainState, stop_reason: str) -> dict:
     """Evaluate the best checkpoint once on the test split; write summary.json and curves.png."""
     config, data, run, best = setup.config, setup.data, setup.run, state.best
-    summary = {"model": setup.options["name"], "dataset": config.dataset, "data_copy": copy_of(config.data,
-               config.dataset), "parameters": count_params(state.model),
+    summary = {"model": setup.options["name"], "dataset": config.dataset, **data_notes(config.data, config.dataset),
+               "parameters": count_params(state.model),
                "epochs_run": state.epoch, "stop_reason": stop_reason, "best_metric": best["metric"],
                "best_value": best["value"], "best_epoch": best["epoch"], "seed": config.seed,
                "val_size": data.notes.get("val_size"), "test_size": data.test.num_examples,

@@ -30,6 +30,7 @@ class Copy:
     kind: str  # official | official, extracted | subset | re-encoded | folder
     about: str
     archive_of: str = ""  # an extracted folder: the official archive it comes from (the two must agree)
+    short: str = ""  # how a results table names a copy that is not the official set: "train100 subset"
 
     @property
     def official(self) -> bool:
@@ -48,7 +49,7 @@ COPIES = {
              archive_of="cifar-10-binary.tar.gz"),
         Copy("cifar10-jpeg.tar.gz", "re-encoded", "all of CIFAR-10 as JPEG (quality 75): accuracies sit "
                                                    "~3.5 points below published CIFAR-10 numbers; compare runs on it "
-                                                   "side by side only"),
+                                                   "side by side only", short="JPEG copy"),
     ],
     "cifar100": [
         Copy("cifar-100-python.tar.gz", "official", "CIFAR-100, python version"),
@@ -64,14 +65,15 @@ COPIES = {
         Copy("tiny-imagenet-200", "official, extracted", "Tiny ImageNet", archive_of="tiny-imagenet-200.zip"),
         Copy("tiny-imagenet-200-train100.tar.gz", "subset", "train100: 100 training images per class (a fifth) and "
                                                             "5,000 of the 10,000 val images; results are train100 "
-                                                            "results, not Tiny ImageNet results"),
+                                                            "results, not Tiny ImageNet results",
+             short="train100 subset"),
         Copy("tiny-imagenet-200-sample.tar.gz", "subset", "sample: 10 training images per class and 1,000 val "
-                                                          "images; not Tiny ImageNet results"),
+                                                          "images; not Tiny ImageNet results", short="sample subset"),
     ],
     "mnist": [
         Copy("mnist", "official", "MNIST, its four idx files (what `cnnlab data fetch mnist` writes)"),
         Copy("MNIST/raw", "official", "MNIST, its four idx files in torchvision's folder"),
-        Copy("mnist-png.tar.gz", "re-encoded", "all of MNIST as lossless PNG (the same pixels)"),
+        Copy("mnist-png.tar.gz", "re-encoded", "all of MNIST as lossless PNG (the same pixels)", short="PNG copy"),
     ],
     "imagenet": [
         Copy("imagenet", "folder", "ImageNet as train/<wnid>/ and val/<wnid>/ folders, streamed"),
@@ -138,13 +140,18 @@ def locate(dataset: str, root=None) -> Found:
     return Found(home.path / chosen.name, chosen, dataset)
 
 
-def copy_of(path, dataset: str | None) -> str | None:
-    """What a run on `path` is a run on, from its name (`subset: train100: …`), when it is a copy cnnlab knows."""
+def copy_of(path, dataset: str | None) -> Copy | None:
+    """The copy cnnlab knows that `path` is, by its name (what a run on it is a run on), else None."""
     name = Path(path).name if path else None
-    for copy in COPIES.get(dataset, []):
-        if copy.name.split("/")[-1] == name:
-            return f"{copy.kind}: {copy.about}"
-    return None
+    return next((copy for copy in COPIES.get(dataset, []) if copy.name.split("/")[-1] == name), None)
+
+
+def data_notes(path, dataset: str | None) -> dict:
+    """summary.json's account of the data: `data_copy` (`subset: train100: …`) and `data_label` (`tinyimagenet
+    (train100 subset)`), the name results tables use, so a subset is never reported as the full set."""
+    copy = copy_of(path, dataset)
+    label = f"{dataset} ({copy.short})" if copy and copy.short else dataset
+    return {"data_copy": f"{copy.kind}: {copy.about}" if copy else None, "data_label": label}
 
 
 def fetch_hint(dataset: str) -> str:

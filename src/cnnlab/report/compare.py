@@ -169,9 +169,10 @@ def format_value(value) -> str:
 
 
 def _identity(run: Run) -> dict:
-    # summary.json names the resolved model (a paper letter such as "D" becomes vgg16).
+    # summary.json names the resolved model (a paper letter such as "D" becomes vgg16) and the copy of the data
+    # (a subset or re-encoded copy is labelled so: "tinyimagenet (train100 subset)").
     return {"model": run.summary.get("model", run.config.get("model")),
-            "dataset": run.summary.get("dataset", run.config.get("dataset"))}
+            "dataset": run.summary.get("data_label") or run.summary.get("dataset", run.config.get("dataset"))}
 
 
 def config_key(value):

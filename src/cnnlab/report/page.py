@@ -80,6 +80,10 @@ def report_blocks(runs) -> list[tuple]:
                ("p", "Columns between dataset and parameters are the settings that differ between the runs "
                      f"({', '.join(IGNORED)} are not compared). Best val acc and loss are the best epoch's, from "
                      "metrics.csv; test numbers are the best checkpoint's, from summary.json.")]
+    copies = dict.fromkeys((r.summary.get("data_label"), r.summary.get("data_copy")) for r in runs
+                           if r.summary.get("data_copy"))
+    if copies:
+        blocks.append(("p", "Data: " + "; ".join(f"{label}: {what}" for label, what in copies) + "."))
     shared = _shared_settings(runs)
     if shared:
         blocks.append(("p", "Settings shared by all runs: " + shared + "."))
