@@ -73,8 +73,7 @@ def test_every_help_page_prints(command, capsys):
 
 
 def test_the_flag_names_of_timm_and_torchvision_set_the_same_settings():
-    from cnnlab.cli import build_parser
-    from cnnlab.config import config_from_args
+    from cnnlab.cli import build_parser, config_from_args
 
     argv = ["train", "--opt", "adamw", "--sched", "cosine", "-b", "64", "--output", "runs/x", "--amp",
             "--smoothing", "0.1", "--clip-grad", "2.5"]

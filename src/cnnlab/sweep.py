@@ -160,9 +160,13 @@ def _choose_data(values: dict, root: Path) -> tuple[dict, str]:
 
 
 def _resolve(config: TrainConfig, seen: dict) -> None:
-    """resolve_data once per distinct data setting: a sweep names the same archive many times, each check ~1 s."""
+    """Validate the run, then resolve_data once per distinct data setting: a sweep names the same archive many
+    times, each check ~1 s."""
+    # Here, not above: they import torch (~2 s), and `cnnlab presets` reads sweep files through this module.
+    from cnnlab.build import validate_config
     from cnnlab.run_data import resolve_data
 
+    validate_config(config)
     key = (config.data, config.dataset, config.cache_dir, config.download)  # what resolve_data reads
     if key not in seen:
         done = resolve_data(dataclasses.replace(config))
@@ -204,7 +208,7 @@ def plan(path, data_root=None, overrides: dict | None = None) -> Sweep:
         config = TrainConfig.from_dict(values, origin)
         config.out = str(sweep.out / name)
         with _naming(origin):
-            _resolve(config.validate(), seen)
+            _resolve(config, seen)
         sweep.runs.append((name, config))
     return sweep
 
