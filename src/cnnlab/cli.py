@@ -80,7 +80,8 @@ def add_arguments(parser) -> None:
 
 def config_from_args(args) -> TrainConfig:
     """The settings of `cnnlab train`: --config (a TOML file or a preset's name), then the flags given."""
-    config = TrainConfig.from_toml(presets.find(args.config, "train")) if getattr(args, "config", None) else TrainConfig()
+    given = getattr(args, "config", None)
+    config = TrainConfig.from_toml(presets.find(given, "train")) if given else TrainConfig()
     for f in fields(TrainConfig):
         value = getattr(args, f.name, None)
         if value is not None:

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 from cnnlab.config import TrainConfig
-from cnnlab.data import load_dataset, split_train_val
+from cnnlab.data import (DATASETS, check_imagenet_root, detect_dataset, download_to_cache, load_dataset,
+                         split_train_val)
 from cnnlab.data.loader import PRESETS, Augment, DeviceLoader, augment_preset, channel_stats
+from cnnlab.data.stream import StreamingImageFolder, StreamLoader
 from cnnlab.distributed import Dist
 from cnnlab.errors import CnnlabError
 from cnnlab.models import model_info
@@ -31,8 +33,6 @@ def resolve_data(config: TrainConfig, say=print) -> TrainConfig:
 
     Sweeps call this for every planned run before the first one starts.
     """
-    from cnnlab.data import DATASETS, check_imagenet_root, detect_dataset
-
     if config.dataset == "synthetic-linear":
         return config
     if config.download:
@@ -66,8 +66,6 @@ def _choose_copy(config: TrainConfig, say) -> None:
     """--download: keep --data where it exists, else take the official files from the cache (fetching them the
     first time). Say which copy the run reads: results on two copies may differ (the shared CIFAR-10 is
     JPEG-recompressed, the official one is not)."""
-    from cnnlab.data import download_to_cache
-
     given = config.data
     if given is not None and Path(given).expanduser().exists():
         say(f"data: {given} (it exists, so nothing is downloaded)")
@@ -128,8 +126,6 @@ def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32, d
 
 def _streamed_data(config: TrainConfig, device: torch.device, dtype, d: Dist) -> Data:
     """ImageNet-style folders: decoded by DataLoader workers, normalised on the device with ImageNet statistics."""
-    from cnnlab.data.stream import StreamingImageFolder, StreamLoader
-
     batched = sorted(set(_added_augmentation(config)) & {"auto_augment", "mixup", "cutmix"})
     if batched:
         raise CnnlabError(f"--{batched[0].replace('_', '-')} works on datasets held in memory; {config.dataset} is "

@@ -162,7 +162,8 @@ def _choose_data(values: dict, root: Path) -> tuple[dict, str]:
 def _resolve(config: TrainConfig, seen: dict) -> None:
     """Validate the run, then resolve_data once per distinct data setting: a sweep names the same archive many
     times, each check ~1 s."""
-    # Here, not above: they import torch (~2 s), and `cnnlab presets` reads sweep files through this module.
+    # Here, not above: they import torch (~2 s), and `cnnlab presets` reads sweep files through this module, so it
+    # must start without torch and matplotlib.
     from cnnlab.build import validate_config
     from cnnlab.run_data import resolve_data
 
@@ -270,7 +271,7 @@ class SweepProgress:
 
 
 def _train_one(config: TrainConfig, state: str, should_stop) -> None:
-    from cnnlab.engine import fit
+    from cnnlab.engine import fit  # here: torch, see _resolve
 
     folder = Path(config.out)
     if state == "resume":
@@ -307,7 +308,7 @@ def run_sweep(sweep, report: bool = True, log=print, should_stop=None, clock=tim
         progress.finished(state, clock() - start)
     log(progress.summary())
     if report:
-        from cnnlab.report import write_report
+        from cnnlab.report import write_report  # here: matplotlib, see _resolve
 
         target = write_report([Path(c.out) for _, c in sweep.runs], sweep.out / "report")
         log(f"report: {target}")
