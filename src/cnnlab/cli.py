@@ -14,8 +14,8 @@ from cnnlab.errors import CnnlabError
 
 # Each command is a pair: `_add_X` declares its arguments, `_run_X` does the work and imports what the work needs
 # when it runs. Registering them takes only the settings and the presets (torch-free, at the bottom of the package),
-# so `cnnlab --help`, `presets` and `data info` start without torch and matplotlib (~2 s on 2 cores), as
-# tests/test_cli.py checks.
+# so `cnnlab --help`, `presets` and `data info` start without torch and matplotlib (together ~2 s on 2 cores), as
+# tests/test_cli.py checks. A new command is a row of COMMANDS; a new `data` action a row of DATA_ACTIONS.
 
 
 # -- models -------------------------------------------------------------------------------------------------------
