@@ -71,6 +71,7 @@ bench: setup
 	$(PY) benchmarks/cpu.py $(filter --quick,$(BENCH_ARGS))
 	$(PY) benchmarks/bench_models.py $(filter-out --quick,$(BENCH_ARGS))
 	$(PY) benchmarks/kill_resume.py --kills 10
+	$(PY) benchmarks/cli_startup.py $(filter --quick,$(BENCH_ARGS))
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

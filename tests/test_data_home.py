@@ -184,3 +184,23 @@ def test_a_report_names_a_subset_for_what_it_is(tmp_path, monkeypatch):
     results = (write_report([tmp_path / "run"], tmp_path / "report").parent / "results.md").read_text()
     assert "| tinyimagenet (train100 subset) |" in results
     assert "Data: tinyimagenet (train100 subset): subset: train100: 100 training images per class" in results
+
+
+def test_data_fetch_and_list_from_the_command_line(tmp_path, served_archives, capsys, monkeypatch):
+    from cnnlab.cli import main
+
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "new-home"))  # fetching creates the home it is told
+    assert main(["data", "fetch", "mnist", "imagenet"]) == 2
+    assert capsys.readouterr().err.startswith("cnnlab: error: there is no official download for 'imagenet'")
+    assert not (tmp_path / "new-home").exists()  # a bad name is refused before the first download
+    assert main(["data", "fetch", "cifar10", "mnist"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"cifar10: {tmp_path / 'new-home' / 'cifar-10-python.tar.gz'} (official, MD5-checked)",
+                   f"mnist: {tmp_path / 'new-home' / 'mnist'} (official, MD5-checked)"]
+    assert main(["data", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "official, MD5 checked: CIFAR-10, python version" in listed and "used mnist/" in listed
+    assert main(["train", "--model", "softmax", "--dataset", "cifar10", "--epochs", "1", "--out",
+                 str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert f"data: {tmp_path / 'new-home' / 'cifar-10-python.tar.gz'} (cifar10 from $CNNLAB_DATA, the official " \
+           "files: CIFAR-10, python version)" in capsys.readouterr().out

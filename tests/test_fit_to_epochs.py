@@ -9,7 +9,8 @@ from data_fixtures import write_cifar10_python, write_shared_datasets
 
 import cnnlab.engine as engine
 from cnnlab.cli import build_parser, main
-from cnnlab.config import TrainConfig, config_from_args, fit_to_epochs
+from cnnlab.cli import config_from_args
+from cnnlab.config import TrainConfig, fit_to_epochs
 from cnnlab.presets import preset_path
 from cnnlab.sweep import describe, parse_settings, plan, run_sweep
 

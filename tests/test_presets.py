@@ -11,8 +11,9 @@ from data_fixtures import write_shared_datasets
 
 from cnnlab import presets
 from cnnlab.run_data import resolve_data
-from cnnlab.cli import build_parser, main
-from cnnlab.config import TrainConfig, config_from_args
+from cnnlab.build import validate_config
+from cnnlab.cli import build_parser, config_from_args, main, preset_listing, preset_summary
+from cnnlab.config import TrainConfig
 from cnnlab.sweep import plan, read_sweep, run_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,9 +77,9 @@ def test_every_shipped_preset_is_valid_with_the_runs_its_tables_promise():
     for name in presets.names():
         path = presets.preset_path(name)
         spec = tomllib.loads(path.read_text(encoding="utf-8"))
-        kind, what = presets.summary(path)
+        kind, what = preset_summary(path)
         if kind == "train":
-            config = TrainConfig.from_toml(path).validate()
+            config = validate_config(TrainConfig.from_toml(path))
             assert what == f"{config.model} on {config.dataset}, {config.epochs} epochs"
             continue
         # The count from the tables themselves: variants × grid points × seeds.
@@ -87,7 +88,7 @@ def test_every_shipped_preset_is_valid_with_the_runs_its_tables_promise():
         runs = run_settings(path, read_sweep(path))
         assert len(runs) == count and what.startswith(f"{count} runs of "), (name, what)
         for run, settings, _ in runs:
-            TrainConfig.from_dict(settings, f"{name} {run}").validate()
+            validate_config(TrainConfig.from_dict(settings, f"{name} {run}"))
 
 
 def test_the_listing_names_each_preset_its_kind_and_what_it_trains(tmp_path, capsys):
@@ -95,13 +96,13 @@ def test_the_listing_names_each_preset_its_kind_and_what_it_trains(tmp_path, cap
     (tmp_path / "grid.toml").write_text(
         '[sweep]\nseeds = [0, 1, 2]\n[base]\ndataset = "cifar10"\n[[variant]]\nname = "a"\nmodel = "vgg11"\n'
         '[[variant]]\nname = "b"\n[grid]\nlr = [0.1, 0.2]\n', encoding="utf-8")
-    lines = presets.listing(tmp_path)
+    lines = preset_listing(tmp_path)
     assert lines[:3] == ["NAME   KIND   WHAT",
                          "grid   sweep  12 runs of vgg11, mlp on cifar10",  # variant b keeps the default model
                          "small  train  softmax on mnist, 3 epochs"]
     code, out, _ = run_cli(capsys, "presets")
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:len(presets.names()) + 1]}
-    assert code == 0 and rows == {n: presets.summary(presets.preset_path(n))[0] for n in presets.names()}
+    assert code == 0 and rows == {n: preset_summary(presets.preset_path(n))[0] for n in presets.names()}
     assert rows["speedrun-cifar10"] == "train" and rows["seed-report"] == "sweep"
 
 

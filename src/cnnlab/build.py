@@ -16,7 +16,8 @@ import torch
 
 from cnnlab.averaging import EMA, Lookahead
 from cnnlab.checkpoint import load_checkpoint
-from cnnlab.config import TrainConfig
+from cnnlab.config import TrainConfig, not_allowed
+from cnnlab.data import DATASETS
 from cnnlab.distributed import Dist, broadcast
 from cnnlab.finetune import freeze_backbone, load_initial_weights
 from cnnlab.early_stopping import EarlyStopping
@@ -33,6 +34,15 @@ from cnnlab.state import RESUME_KEYS, TrainState
 from cnnlab.tensorboard import FOLDER as TENSORBOARD_FOLDER, TensorBoardLog, charts, summary_writer
 
 INIT_IMAGES = 5000  # training images a model's init_from_data sees (speednet's patch statistics)
+
+
+def validate_config(config: TrainConfig) -> TrainConfig:
+    """`config.validate()`, after the two names only the registries know: the model's (or its paper letter) and the
+    dataset's. Here, not in config.py, which stays below the model zoo and the data package."""
+    model_info(config.model)  # unknown names list the valid ones
+    if config.dataset is not None and config.dataset not in DATASETS:
+        raise not_allowed("dataset", config.dataset, "choose one of: " + ", ".join(DATASETS))
+    return config.validate()
 
 
 def model_options(config: TrainConfig, image_shape: tuple, num_classes: int, task: str | None = None) -> dict:
@@ -122,7 +132,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
     run, checkpoint, rewrite_config = None, None, False
     if resume:
         run, checkpoint, config, rewrite_config = _reopen(resume, config, d, stack)
-    resolve_data(config.validate(), say=print if d.is_main else lambda line: None)
+    resolve_data(validate_config(config), say=print if d.is_main else lambda line: None)
     if config.tensorboard:
         summary_writer()  # a missing package is one line now, before anything is built or written
     device = _device(config, d)

@@ -1,7 +1,9 @@
-"""Every training setting in one typed dataclass: TOML in, TOML out, CLI flags generated from the fields.
+"""Every training setting in one typed dataclass: TOML in, TOML out; cli.py generates a flag from each field.
 
 Precedence: dataclass defaults < `--config FILE` (or a preset's name, see cnnlab.presets) < explicit command-line
-flags. Validation happens once, in `validate()`, and names the field and what it allows.
+flags. Validation happens once, in `validate()`, and names the field and what it allows; the model's and the
+dataset's names are checked where their registries are known (`cnnlab.build.validate_config`), so that this module,
+at the bottom of the package, imports nothing but cnnlab.errors.
 """
 
 import json
@@ -150,15 +152,12 @@ class TrainConfig:
         return "all" if self.full_batch else self.batch_size * self.accumulate
 
     def validate(self) -> "TrainConfig":
+        """Each setting against its own rules (ranges, choices, combinations); see the module's docstring for the
+        model's and the dataset's names."""
         def need(ok, name, allowed):
             if not ok:
-                raise CnnlabError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not allowed; {allowed}")
+                raise not_allowed(name, getattr(self, name), allowed)
 
-        from cnnlab.data import DATASETS
-        from cnnlab.models import model_info
-
-        model_info(self.model)  # unknown names list the valid ones
-        need(self.dataset is None or self.dataset in DATASETS, "dataset", "choose one of: " + ", ".join(DATASETS))
         need(self.image_size >= 1 and self.resize_size >= self.image_size, "resize_size",
              "use a size ≥ --image-size")
         need(self.workers >= 0, "workers", "use an integer ≥ 0")
@@ -217,7 +216,7 @@ class TrainConfig:
             raise CnnlabError(f"{origin}: unknown setting {unknown[0]!r}; known settings: {', '.join(known)}")
         config = cls()
         for name, value in values.items():
-            setattr(config, name, _coerce(known[name], value, origin))
+            setattr(config, name, coerce(known[name], value, origin))
         return config
 
     @classmethod
@@ -233,6 +232,11 @@ class TrainConfig:
             else:
                 lines.append(f"{f.name} = {_toml_value(value)}")
         return "\n".join(lines + [END_OF_CONFIG]) + "\n"
+
+
+def not_allowed(name: str, value, allowed: str) -> CnnlabError:
+    """The error for a setting whose value breaks its rule: the flag, the value, and what it allows."""
+    return CnnlabError(f"--{name.replace('_', '-')} {value!r} is not allowed; {allowed}")
 
 
 def read_toml(path, kind: str = "config file") -> dict:
@@ -266,7 +270,7 @@ def _toml_value(value) -> str:
     return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def _coerce(f, value, origin: str):
+def coerce(f, value, origin: str):
     """Turn a TOML or command-line value into the field's type; one clear line if it does not fit."""
     kind = f.type.__name__ if isinstance(f.type, type) else str(f.type)  # "float", "list[int] | None"…
     try:
@@ -354,42 +358,3 @@ def fit_to_epochs(file: dict, given: dict, source: str = "the config's") -> tupl
 
 def _half_up(x: float) -> int:
     return math.floor(x + 0.5)  # not round(): its ties go to the even number, 0.5 → 0 but 1.5 → 2
-
-
-# The names users of timm's and torchvision's training scripts already type, for the same settings.
-ALIASES = {"optimizer": ["--opt"], "schedule": ["--sched"], "batch_size": ["-b"], "out": ["--output", "--output-dir"],
-           "label_smoothing": ["--smoothing"], "clip_grad_norm": ["--clip-grad"]}
-
-
-def add_arguments(parser) -> None:
-    """One --flag per field (and its aliases); every flag defaults to None so only what the user typed overrides
-    the config. `--amp` is `--precision fp16`, mixed precision as timm and torchvision mean it."""
-    for f in fields(TrainConfig):
-        flags = ["--" + f.name.replace("_", "-"), *ALIASES.get(f.name, [])]
-        text = f.metadata["help"].replace("%", "%%")  # argparse formats help strings with %
-        if "bool" in str(f.type):
-            parser.add_argument(*flags, dest=f.name, default=None, nargs="?", const="true", metavar="BOOL",
-                                help=text)
-        else:
-            parser.add_argument(*flags, dest=f.name, default=None, help=text)
-    parser.add_argument("--amp", dest="precision", action="store_const", const="fp16",
-                        help="= --precision fp16: float16 autocast with loss scaling (on GPUs without bf16; "
-                             "--precision auto already picks the fastest)")
-
-
-def config_from_args(args, notes: list[str] | None = None) -> TrainConfig:
-    """The settings of `cnnlab train`: --config (a TOML file or a preset's name), then the flags given. `notes`, if
-    given, receives a line for each of the file's settings in epochs rescaled to --epochs (see fit_to_epochs)."""
-    from cnnlab.presets import find  # here, not above: cnnlab.presets imports this module
-
-    path = find(args.config, "train") if getattr(args, "config", None) else None
-    file = read_toml(path) if path else {}
-    config = TrainConfig.from_dict(file, str(path))
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    rescaled, lines = fit_to_epochs(file, given)
-    if notes is not None:
-        notes.extend(lines)
-    for name, value in {**given, **rescaled}.items():
-        setattr(config, name, _coerce(next(f for f in fields(TrainConfig) if f.name == name), value,
-                                      "--" + name.replace("_", "-")))
-    return config.validate()

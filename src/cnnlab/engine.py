@@ -276,7 +276,7 @@ def finish(setup: Setup, state: TrainState, stop_reason: str) -> dict:
     summary.update(environment(setup.device))
     run.write_summary(summary)
     if rows and not run.readonly:
-        from cnnlab.report.curves import save_curves
+        from cnnlab.report.curves import save_curves  # here: matplotlib costs ~0.5 s; eval and predict import the loop
 
         save_curves(rows, run.file("curves.png"), title=f"{setup.options['name']} on {config.dataset}")
     test_text = (f"test top-1 {summary['test_top1']:.4f}" if summary.get("test_top1") is not None

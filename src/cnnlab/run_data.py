@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from cnnlab.config import TrainConfig
-from cnnlab.data import home, load_dataset, split_train_val
+from cnnlab.data import DATASETS, check_imagenet_root, detect_dataset, home, load_dataset, split_train_val
 from cnnlab.data.loader import PRESETS, Augment, DeviceLoader, augment_preset, channel_stats
+from cnnlab.data.stream import StreamingImageFolder, StreamLoader
 from cnnlab.distributed import Dist
 from cnnlab.errors import CnnlabError
 from cnnlab.models import model_info
@@ -32,8 +33,6 @@ def resolve_data(config: TrainConfig, say=print) -> TrainConfig:
 
     Sweeps call this for every planned run before the first one starts.
     """
-    from cnnlab.data import DATASETS, check_imagenet_root, detect_dataset
-
     if config.dataset == "synthetic-linear":
         return config
     _find_copy(config, say)
@@ -135,8 +134,6 @@ def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32, d
 
 def _streamed_data(config: TrainConfig, device: torch.device, dtype, d: Dist) -> Data:
     """ImageNet-style folders: decoded by DataLoader workers, normalised on the device with ImageNet statistics."""
-    from cnnlab.data.stream import StreamingImageFolder, StreamLoader
-
     batched = sorted(set(_added_augmentation(config)) & {"auto_augment", "mixup", "cutmix"})
     if batched:
         raise CnnlabError(f"--{batched[0].replace('_', '-')} works on datasets held in memory; {config.dataset} is "

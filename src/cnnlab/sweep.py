@@ -177,10 +177,14 @@ def _choose_data(values: dict, root: Path | None) -> tuple[dict, str]:
 
 
 def _resolve(config: TrainConfig, seen: dict) -> str:
-    """resolve_data once per distinct data setting (a sweep names the same archive many times, each check ~1 s);
-    what it said about the copy it found, for the dry run."""
+    """Validate the run, then resolve_data once per distinct data setting (a sweep names the same archive many
+    times, each check ~1 s); what it said about the copy it found, for the dry run."""
+    # Here, not above: they import torch (~2 s), and `cnnlab presets` reads sweep files through this module, so it
+    # must start without torch and matplotlib.
+    from cnnlab.build import validate_config
     from cnnlab.run_data import resolve_data
 
+    validate_config(config)
     key = (config.data, config.data_root, config.dataset, config.cache_dir, config.download)  # what it reads
     if key not in seen:
         said = []
@@ -226,9 +230,9 @@ def plan(path, data_root=None, overrides: dict | None = None) -> Sweep:
         config = TrainConfig.from_dict(values, origin)
         config.out = str(sweep.out / name)
         with _naming(origin):
-            found = _resolve(config.validate(), seen)
+            found = _resolve(config, seen)
         if found and not sweep.data_notes[name]:
-            sweep.data_notes[name] = found.split(" (", 1)[1].rstrip(")") if " (" in found else found
+            sweep.data_notes[name] = found.partition(" (")[2].removesuffix(")") or found
         sweep.runs.append((name, config))
     return sweep
 
@@ -298,7 +302,7 @@ class SweepProgress:
 
 
 def _train_one(config: TrainConfig, state: str, should_stop, notes=()) -> None:
-    from cnnlab.engine import fit
+    from cnnlab.engine import fit  # here: torch, see _resolve
 
     folder = Path(config.out)
     if state == "resume":
@@ -336,7 +340,7 @@ def run_sweep(sweep, report: bool = True, log=print, should_stop=None, clock=tim
         progress.finished(state, clock() - start)
     log(progress.summary())
     if report:
-        from cnnlab.report import write_report
+        from cnnlab.report import write_report  # here: matplotlib, see _resolve
 
         target = write_report([Path(c.out) for _, c in sweep.runs], sweep.out / "report")
         log(f"report: {target}")

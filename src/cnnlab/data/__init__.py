@@ -9,9 +9,11 @@
 import os
 import re
 import time
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from cnnlab.data import cache, home
 from cnnlab.data.arrays import Dataset, Split, split_train_val
@@ -159,10 +161,6 @@ def check_imagenet_root(path) -> Path:
 
 
 def _header_size(data: bytes, channels: int) -> str:
-    from io import BytesIO
-
-    from PIL import Image
-
     try:
         with Image.open(BytesIO(data)) as im:
             size = f"{im.width}×{im.height}"
@@ -187,7 +185,7 @@ def dataset_info(path, name: str | None = None, *, labels: str = "fine", cache_d
     path = _resolve(name, path, download, data_root)
     name = name or detect_dataset(path, cache_dir)
     if name in STREAMED:
-        from cnnlab.data.stream import list_image_folder
+        from cnnlab.data.stream import list_image_folder  # here: it imports torch; other datasets' info needs none
 
         root = check_imagenet_root(path)
         splits, per_class, classes = {}, {}, []

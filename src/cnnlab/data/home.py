@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnlab.data.official import OFFICIAL, checksum_status, download
+from cnnlab.data.official import OFFICIAL, checksum_status, download  # noqa: F401 — OFFICIAL for callers
 from cnnlab.errors import CnnlabError
 
 ENV = "CNNLAB_DATA"
@@ -134,7 +134,8 @@ def locate(dataset: str, root=None) -> Found:
     present = [c for c in COPIES[dataset] if (home.path / c.name).exists()]
     if not present:
         looked = ", ".join(c.name + ("/" if "." not in c.name else "") for c in COPIES[dataset])
-        raise Missing(f"no {dataset} in {home.path} ({home.said}); looked for {looked}. {fetch_hint(dataset)}")
+        raise Missing(f"no {dataset} in {home.path} ({home.said}); looked for {looked}. "
+                      f"{fetch_hint(dataset, home.path)}")
     chosen = present[0]
     _check_agreement(home.path, present)
     return Found(home.path / chosen.name, chosen, dataset)
@@ -154,11 +155,12 @@ def data_notes(path, dataset: str | None) -> dict:
     return {"data_copy": f"{copy.kind}: {copy.about}" if copy else None, "data_label": label}
 
 
-def fetch_hint(dataset: str) -> str:
+def fetch_hint(dataset: str, folder: Path) -> str:
+    """How to get `dataset` into the data home `folder`: the fetch command, or where to put it by hand."""
     if dataset in OFFICIAL:
         return f"Fetch the official files with `cnnlab data fetch {dataset}`, or pass --data PATH"
     return (f"{dataset} is not downloadable (its licence asks you to fetch it yourself): put its train/ and val/ "
-            f"class folders in DATA_HOME/{COPIES[dataset][0].name}/, or pass --data PATH")
+            f"class folders in {folder / COPIES[dataset][0].name}/, or pass --data PATH")
 
 
 def _check_agreement(folder: Path, present: list[Copy]) -> None:
@@ -189,10 +191,11 @@ def _listing(path: Path) -> dict[str, int]:
 
 def fetch(dataset: str, root=None) -> Path:
     """Download the dataset's official files into the data home (created if needed), MD5-checked; its path."""
-    if dataset not in OFFICIAL:
-        raise CnnlabError(f"there is no official download for {dataset!r}; cnnlab can fetch "
-                          f"{', '.join(OFFICIAL)}. {fetch_hint(dataset) if dataset in COPIES else ''}".rstrip())
     home = data_home(root)
+    if dataset not in OFFICIAL:
+        hint = fetch_hint(dataset, home.path) if dataset in COPIES else ""
+        raise CnnlabError(f"there is no official download for {dataset!r}; cnnlab can fetch "
+                          f"{', '.join(OFFICIAL)}. {hint}".rstrip())
     if home.path.exists() and not home.path.is_dir():
         _check_folder(home)
     files = OFFICIAL[dataset]
@@ -215,7 +218,7 @@ def listing(root=None, checksums: bool = True) -> list[str]:
     the missing datasets with the command that fetches them, and the files cnnlab does not know."""
     home = data_home(root)
     _check_folder(home)
-    lines = [f"data home: {home.path} ({home.said}; set ${ENV} or pass --data-root to use another folder)"]
+    lines = [f"data home: {home.path} ({home.said}; ${ENV} or --data-root choose another folder)"]
     if not home.path.is_dir():
         lines.append("  (does not exist yet: `cnnlab data fetch NAME` creates it)")
     known = set()
@@ -224,7 +227,7 @@ def listing(root=None, checksums: bool = True) -> list[str]:
         present = [c for c in copies if (home.path / c.name).exists()]
         known |= {c.name.split("/")[0] for c in copies}
         if not present:
-            lines.append(f"  {dataset:<13} missing. {fetch_hint(dataset).replace('DATA_HOME', str(home.path))}")
+            lines.append(f"  {dataset:<13} missing. {fetch_hint(dataset, home.path)}")
             continue
         for k, copy in enumerate(present):
             mark = "used" if k == 0 else "    "

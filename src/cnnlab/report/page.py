@@ -11,6 +11,7 @@ import io
 import time
 from pathlib import Path
 
+from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 from cnnlab.report.compare import (GROUP_IGNORED, IDENTITY, IGNORED, Stat, best_run, differing_fields, factors,
                                    format_value, group_runs, grouped_table, primary_metric, results_table,
@@ -59,8 +60,6 @@ def write_report(runs, out_dir) -> Path:
 
 def report_blocks(runs) -> list[tuple]:
     """The report's content: ("h1"|"h2"|"p"|"note", text), ("table", rows) or ("img", file name, PNG bytes, alt)."""
-    from cnnlab import __version__
-
     runs = load_runs(runs)
     metric = primary_metric(runs)
     blocks = [("h1", f"cnnlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}"),
