@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     presets.add_argument("name", nargs="?", help="the preset to print, e.g. to copy and edit it")
     presets.set_defaults(run=_presets)
 
+    _add_tune(commands)
+
     from cnnlab.report.command import add_report_parser
 
     add_report_parser(commands)
@@ -285,3 +287,55 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `cnnlab models | head` closes the pipe early; that is not an error.
         sys.stderr.close()
     return 0
+
+
+# -- cnnlab tune (the optional extra cnnlab[tune]) -----------------------------------------------------------------
+def _add_tune(commands) -> None:
+    tune = commands.add_parser("tune", help="search hyperparameters with Optuna (TPE, pruning); every trial a run "
+                                            "folder; needs pip install 'cnnlab[tune]'")
+    tune.add_argument("file", help="a tune preset's name or a tune TOML file ([tune], [base], [space])")
+    tune.add_argument("--storage", metavar="URL",
+                      help="the study's storage, shared by every process that runs the same command: an RDB URL "
+                           "(sqlite:///study.db, postgresql://…, mysql://…) or a journal file's path (default: "
+                           "OUT/study.journal)")
+    tune.add_argument("--workers", type=int, default=1, metavar="N",
+                      help="run N trials at once on this machine, as N processes, each with its share of the CPU "
+                           "cores (or one GPU each)")
+    tune.add_argument("--n-trials", type=int, metavar="N", help="the study's total trials (default: the file's)")
+    tune.add_argument("--timeout", type=float, metavar="SECONDS",
+                      help="start no new trial after this many seconds (running ones finish)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="replace a [base] setting for every trial, e.g. --set epochs=2; repeatable")
+    tune.add_argument("--dry-run", action="store_true",
+                      help="print the space, the objective, the pruner and the trial budget; train nothing")
+    tune.add_argument("--no-report", action="store_true", help="skip the study report at the end")
+    tune.set_defaults(run=_tune)
+
+
+def _tune(args) -> None:
+    # Optuna and torch are imported here: the extra is optional and `cnnlab --help` stays instant.
+    from cnnlab import tune
+    from cnnlab.sweep import parse_settings
+
+    if args.workers < 1:
+        raise CnnlabError(f"--workers {args.workers}: use 1 or more processes")
+    if args.timeout is not None and args.timeout <= 0:
+        raise CnnlabError(f"--timeout {args.timeout:g}: use a positive number of seconds")
+    plan = tune.plan(args.file, args.storage, parse_settings(args.set), args.n_trials)
+    if args.dry_run:
+        study = tune.load_study(plan, create=False)
+        print("\n".join(tune.describe(plan, tune.trial_counts(study) if study is not None else None)))
+        return
+    if args.workers > 1:
+        tail = [args.file, "--storage", plan.storage, "--n-trials", str(plan.n_trials)]
+        tail += ["--timeout", str(args.timeout)] if args.timeout else []
+        for item in args.set:
+            tail += ["--set", item]
+        code = tune.run_workers(plan, tail, args.workers)
+        if code:
+            raise SystemExit(code)
+    else:
+        counts = tune.run_worker(plan, timeout=args.timeout)
+        print("study so far: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
+    if not args.no_report:
+        print(f"report: {tune.report(plan)}")
