@@ -178,6 +178,13 @@ def test_the_best_trials_config_reproduces_its_value_and_a_study_repeats(tmp_pat
     assert [t.params for t in trials_of(again)] == [t.params for t in trials_of(plan)]  # seeded TPE
 
 
+def test_timeout_starts_no_new_trial_once_it_has_passed(tmp_path):
+    plan = tuning.plan(write_space(tmp_path, n=4))
+    clock = iter([0.0, 0.0, 61.0]).__next__  # the start, before trial 0, before trial 1
+    counts = tuning.run_worker(plan, log=lambda line: None, timeout=60, clock=clock)
+    assert counts == {"COMPLETE": 1} and trial_folders(plan) == ["trial-000"]
+
+
 @pytest.mark.parametrize("space,argv,needle", [
     ("foo = {uniform = [0, 1]}", [], "[space] foo: cannot be searched: not a setting"),
     ("seed = {int = [0, 9]}", [], "[space] seed: cannot be searched"),

@@ -342,11 +342,18 @@ def load_study(tune: Tune, create: bool = True):
     if study.direction.name.lower() != tune.direction:
         raise CnnlabError(f"the study {tune.study_name!r} in {tune.storage} goes the other way "
                           f"({study.direction.name.lower()}); {tune.file}'s objective {tune.objective} is {tune.goal}"
-                          " — name another study "
-                          "([tune] study) or another out")
+                          " — name another study ([tune] study) or another out")
     study.set_user_attr("objective", tune.objective)
     study.pruner = make_pruner(tune)
+    study.sampler = make_sampler(tune, 0)
     return study
+
+
+def make_sampler(tune: Tune, number: int):
+    """TPE seeded for trial `number`: processes sharing a study then draw different settings, and one process
+    repeats a study exactly. constant_liar keeps concurrent trials from sampling the same spot."""
+    return _optuna().samplers.TPESampler(seed=tune.seed + number, constant_liar=True,
+                                         n_startup_trials=tune.random_trials)
 
 
 def make_pruner(tune: Tune):
@@ -472,10 +479,7 @@ class Objective:
         if surplus:
             trial.set_user_attr("surplus", True)
             raise CnnlabError(f"trial {trial.number} was claimed past the budget of {self.tune.n_trials}; not run")
-        # Each trial samples from its own seed: processes sharing a study then draw different settings, and one
-        # process repeats a study exactly.
-        trial.study.sampler = optuna.samplers.TPESampler(seed=self.tune.seed + trial.number, constant_liar=True,
-                                                         n_startup_trials=self.tune.random_trials)
+        trial.study.sampler = make_sampler(self.tune, trial.number)  # before the first suggest: it samples
         for key, value in (("host", socket.gethostname()), ("pid", os.getpid())):
             trial.set_user_attr(key, value)
         params = {p.name: p.suggest(trial) for p in self.tune.space}
