@@ -337,5 +337,6 @@ def _tune(args) -> None:
     else:
         counts = tune.run_worker(plan, timeout=args.timeout)
         print("study so far: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
+    print(tune.best_line(plan))
     if not args.no_report:
         print(f"report: {tune.report(plan)}")

@@ -30,14 +30,24 @@ exactly n_trials trials (pruned ones count, failed ones do not).
 import math
 import os
 import socket
+import subprocess
+import sys
+import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import torch
+
 from cnnlab.config import TrainConfig, fit_to_epochs, read_toml
+from cnnlab.engine import fit
 from cnnlab.errors import CnnlabError
 from cnnlab.filelock import try_lock, unlock
+from cnnlab.hardware import usable_cores
 from cnnlab.monitor import Monitor
+from cnnlab.presets import find as find_preset
+from cnnlab.report.study import write_study_report
+from cnnlab.run_data import resolve_data
 
 TUNE_KEYS = {"out": str, "study": str, "n_trials": int, "objective": str, "seed": int, "pruner": str,
              "prune_from_epoch": int, "pruner_startup_trials": int, "random_trials": int}
@@ -45,8 +55,8 @@ OBJECTIVES = ("val_acc", "val_loss")
 PRUNERS = ("median", "successive_halving", "none")
 KINDS = ("uniform", "log_uniform", "int", "log_int", "choice")
 # The tuner sets these for each trial; searching them would not mean anything.
-NOT_SEARCHED = {"out": "each trial's folder is OUT/trial-NNN", "seed": "the seed is fixed in [base], so "
-                "trials differ only in what is searched", "resume": ""}
+NOT_SEARCHED = {"out": "each trial's folder is OUT/trial-NNN ([tune] out)",
+                "seed": "the seed is fixed in [base], so trials differ only in what is searched"}
 STUDY_FILE = "study.journal"
 TRIAL_FOLDER = "trial-{:03d}"
 MAX_FAILURES_IN_A_ROW = 3
@@ -87,10 +97,6 @@ class Param:
         kind = "integer " if "int" in self.kind else ""
         step = f", step {self.step}" if self.step else ""
         return f"{self.name}: {kind}{scale} in [{self.values[0]}, {self.values[1]}]{step}"
-
-    @property
-    def log(self) -> bool:
-        return self.kind.startswith("log")
 
     def corners(self) -> list:
         """The values a trial can take at the edges (every choice): each must make a valid config."""
@@ -188,8 +194,6 @@ def read_space(path: Path) -> dict:
 def plan(path, storage: str | None = None, overrides: dict | None = None, n_trials: int | None = None) -> Tune:
     """A tune file read and checked, every bad input one line, before a study is opened or a trial starts:
     the space, [tune]'s settings, a config at every edge of the space, and the data."""
-    from cnnlab.presets import find as find_preset
-
     path = find_preset(path, "tune")
     spec = read_space(Path(path))
     settings = spec.get("tune", {})
@@ -198,9 +202,8 @@ def plan(path, storage: str | None = None, overrides: dict | None = None, n_tria
     for key in overrides:
         if key in spec["space"]:
             raise CnnlabError(f"--set {key}: {path} searches {key} in [space]; --set changes [base] settings only")
-    for key in NOT_SEARCHED:
-        if key in spec.get("base", {}) and key != "seed":
-            raise CnnlabError(f"{path}: [base] sets {key}; {NOT_SEARCHED[key] or 'the tuner sets it'}")
+    if "out" in spec.get("base", {}) or "out" in overrides:
+        raise CnnlabError(f"{path}: out is not a [base] setting here: {NOT_SEARCHED['out']}")
     base, notes = fit_to_epochs(spec.get("base", {}), overrides, "the tune file's")
     base = {**spec.get("base", {}), **overrides, **base}
     out = Path(settings.get("out", f"runs/{Path(path).stem}"))
@@ -234,8 +237,6 @@ def _check_settings(tune: Tune) -> None:
 
 def _check_configs(tune: Tune) -> None:
     """Every edge of the space makes a valid config, the objective exists for the data, and the data is there."""
-    from cnnlab.run_data import resolve_data
-
     first = {p.name: p.values[0] for p in tune.space}
     config = tune.trial_config(0, first)
     for param in tune.space:
@@ -386,8 +387,6 @@ class Claim:
     def acquire(self):
         if self.path is None:
             return
-        import time
-
         self.handle = open(self.path, "a")
         while not try_lock(self.handle):
             time.sleep(0.05)
@@ -471,8 +470,6 @@ class Objective:
 
     def __call__(self, trial):
         optuna = _optuna()
-        from cnnlab.engine import fit
-
         self.outcome = "surplus"
         surplus = counted(trial.study, below=trial.number) >= self.tune.n_trials
         self.claim.release()
@@ -510,8 +507,6 @@ def _short(value) -> str:
 def run_worker(tune: Tune, log=print, timeout: float | None = None, should_stop=None, clock=None) -> dict:
     """Run trials of the study until it holds n_trials (or `timeout` seconds have passed); several processes
     may run this at once against one storage. Returns the study's trial counts."""
-    import time
-
     optuna = _optuna()
     clock = clock or time.monotonic
     study = load_study(tune)
@@ -547,8 +542,6 @@ def run_worker(tune: Tune, log=print, timeout: float | None = None, should_stop=
 
 def worker_command(args_tail: list[str], threads: int | None) -> list[str]:
     """The command each of --workers N processes runs: the same `cnnlab tune`, one worker, its share of cores."""
-    import sys
-
     command = [sys.executable, "-m", "cnnlab", "tune", *args_tail, "--workers", "1", "--no-report"]
     return command + (["--set", f"threads={threads}"] if threads else [])
 
@@ -556,10 +549,6 @@ def worker_command(args_tail: list[str], threads: int | None) -> list[str]:
 def run_workers(tune: Tune, args_tail: list[str], workers: int, log=print) -> int:
     """Start `workers` processes of the same command on this machine, each with its share of the cores (or one
     GPU each), and wait for all; the exit status is the worst of theirs."""
-    import subprocess
-
-    from cnnlab.hardware import usable_cores
-
     check_folders(tune, load_study(tune))  # the study is created once here, so the workers do not race for it
     threads = None if "threads" in tune.base or any(p.name == "threads" for p in tune.space) else max(
         1, usable_cores() // workers)
@@ -584,15 +573,22 @@ def run_workers(tune: Tune, args_tail: list[str], workers: int, log=print) -> in
 def _gpu_count(tune: Tune) -> int:
     if tune.base.get("device", "auto") not in ("auto", "cuda"):
         return 0
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def best_line(tune: Tune) -> str:
+    """One line on the study's best trial so far: its value, settings and run folder."""
+    study = load_study(tune, create=False)
+    try:
+        best = study.best_trial
+    except ValueError:  # no complete trial yet
+        return "best: no trial has completed yet"
+    settings = " ".join(f"{k}={_short(v)}" for k, v in best.params.items())
+    return f"best: trial {best.number}, {tune.objective} {best.value:.4g} with {settings} ({best.user_attrs['run']})"
 
 
 def report(tune: Tune) -> Path:
     """The study's report in OUT/report/ (index.html and study.md with their PNGs)."""
-    from cnnlab.report.study import write_study_report
-
     return write_study_report(load_study(tune, create=False), tune.out / "report", tune.objective)
 
 
