@@ -101,6 +101,7 @@ def _objective_plot(trials, objective: str):
         ax.step(*zip(*line), where="post", color="tab:blue", alpha=0.5, label="best so far")
     if pruned:
         ax.scatter(*zip(*pruned), marker="x", color="tab:red", label="pruned (last reported epoch)")
+    _objective_axis(ax, trials, objective)
     ax.set(xlabel="trial", ylabel=objective)
     ax.legend()
     return fig
@@ -108,6 +109,7 @@ def _objective_plot(trials, objective: str):
 
 def _curve_plot(trials, curves: dict, objective: str):
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
@@ -116,6 +118,8 @@ def _curve_plot(trials, curves: dict, objective: str):
         if points:
             ax.plot(*zip(*points), marker=".", alpha=0.7, linestyle="--" if t.state.name == "PRUNED" else "-",
                     color="tab:red" if t.state.name == "PRUNED" else "tab:blue")
+    _objective_axis(ax, trials, objective)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel=objective, title="solid: complete, dashed: pruned")
     return fig
 
@@ -127,18 +131,32 @@ def _param_plot(trials, objective: str):
     fig = Figure(figsize=(4 * max(1, len(names)), 3.5), layout="constrained")
     for k, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), k + 1)
-        for state, style in (("COMPLETE", {"color": "tab:blue"}), ("PRUNED", {"color": "tab:red", "marker": "x"})):
+        distribution = next((t.distributions[name] for t in trials if name in t.distributions), None)
+        choices = getattr(distribution, "choices", None)  # a choice: one tick per value, in the file's order
+        for state, style in (("COMPLETE", {"color": "tab:blue", "label": "complete"}),
+                             ("PRUNED", {"color": "tab:red", "marker": "x", "label": "pruned (last epoch)"})):
             points = [(t.params[name], _value(t)) for t in trials
                       if t.state.name == state and name in t.params and _value(t) is not None]
             if points:
                 xs, ys = zip(*points)
-                categorical = any(isinstance(x, (str, bool)) for x in xs)
-                ax.scatter([str(x) for x in xs] if categorical else xs, ys, **style)
-        distribution = next((t.distributions[name] for t in trials if name in t.distributions), None)
-        if getattr(distribution, "log", False):
+                ax.scatter([choices.index(x) for x in xs] if choices else xs, ys, **style)
+        if choices:
+            ax.set_xticks(range(len(choices)), [str(c) for c in choices])
+            ax.set_xlim(-0.5, len(choices) - 0.5)
+        elif getattr(distribution, "log", False):
             ax.set_xscale("log")
+        _objective_axis(ax, trials, objective)
         ax.set(xlabel=name, ylabel=objective if k == 0 else None)
+    if names and fig.axes[0].collections:
+        fig.axes[0].legend()
     return fig
+
+
+def _objective_axis(ax, trials, objective: str) -> None:
+    """Losses of a study often span decades (a hopeless lr against a good one): a log axis where all are > 0."""
+    values = [v for v in map(_value, trials) if v is not None]
+    if Monitor(objective).lower_is_better and values and min(values) > 0 and max(values) / min(values) > 100:
+        ax.set_yscale("log")
 
 
 def _value(trial):
