@@ -180,6 +180,14 @@ def test_the_best_trials_config_reproduces_its_value_and_a_study_repeats(tmp_pat
     assert [t.params for t in trials_of(again)] == [t.params for t in trials_of(plan)]  # seeded TPE
 
 
+def test_a_searched_epochs_rescales_the_bases_warm_up_as_set_epochs_does(tmp_path):
+    path = write_space(tmp_path, space="epochs = {choice = [2, 8]}")
+    path.write_text(path.read_text().replace("epochs = 3\n", "epochs = 4\nwarmup_epochs = 2.0\n"))
+    plan = tuning.plan(path, overrides={"batch_size": 64})
+    assert [plan.trial_config(0, {"epochs": e}).warmup_epochs for e in (2, 8)] == [1.0, 4.0]
+    assert plan.trial_config(0, {"epochs": 8}).batch_size == 64
+
+
 def test_timeout_starts_no_new_trial_once_it_has_passed(tmp_path):
     plan = tuning.plan(write_space(tmp_path, n=4))
     clock = iter([0.0, 0.0, 61.0]).__next__  # the start, before trial 0, before trial 1

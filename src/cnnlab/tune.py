@@ -168,8 +168,10 @@ class Tune:
         return "minimize" if Monitor(self.objective).lower_is_better else "maximize"
 
     def trial_config(self, number: int, params: dict) -> TrainConfig:
-        """Trial `number`'s settings: [base] (with --set) under the sampled values, into OUT/trial-NNN."""
-        config = TrainConfig.from_dict({**self.base, **params}, f"{self.file} (trial {number})")
+        """Trial `number`'s settings: [base] (with --set) under the sampled values, into OUT/trial-NNN. A searched
+        epochs rescales [base]'s positions in epochs (warm-up, milestones, Lookahead), as --set epochs does."""
+        rescaled, _ = fit_to_epochs(self.base, params, "[base]'s")
+        config = TrainConfig.from_dict({**self.base, **params, **rescaled}, f"{self.file} (trial {number})")
         config.out = str(self.out / TRIAL_FOLDER.format(number))
         return config.validate()
 
