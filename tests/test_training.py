@@ -132,6 +132,23 @@ def test_early_stopping_ends_a_run_and_says_why(tmp_path):
     assert summary["epochs_run"] < 30 and "early stopping" in summary["stop_reason"]
 
 
+def test_a_run_resumed_between_epochs_stops_early_at_the_same_epoch(tmp_path):
+    # ε larger than any fall of the loss: epoch 1 sets the reference, every later epoch counts against the
+    # patience of 3, so the run stops after epoch 4. The stop after epoch 2 leaves one bad epoch in the count; a
+    # resume that forgot it would start counting again and stop after epoch 6.
+    base = dict(model="linreg", dataset="synthetic-linear", batch_size=50, epochs=10, lr=0.1, momentum=0.0,
+                early_stop_metric="val_loss", early_stop_delta=10.0, early_stop_patience=3)
+    fit(TrainConfig(**base, out=str(tmp_path / "straight")))
+    with pytest.raises(SystemExit):
+        fit(TrainConfig(**base, out=str(tmp_path / "broken")), should_stop=lambda epoch, step: (epoch, step) == (2, None))
+    assert torch.load(tmp_path / "broken" / "last.pt", weights_only=True)["early_stopping"]["bad_epochs"] == 1
+    fit(None, resume=str(tmp_path / "broken"))
+    straight, resumed = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("straight", "broken"))
+    assert straight["epochs_run"] == 4 and "early stopping after epoch 4" in straight["stop_reason"]
+    assert (resumed["epochs_run"], resumed["stop_reason"]) == (straight["epochs_run"], straight["stop_reason"])
+    assert metrics(tmp_path / "broken") == metrics(tmp_path / "straight")
+
+
 def cifar_like(tmp_path):
     folder, _ = write_image_folder(tmp_path / "tree", per_class=8)
     return str(folder)
