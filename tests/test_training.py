@@ -161,6 +161,23 @@ def metrics(run_dir):
                 for row in csv.DictReader(f)]
 
 
+def test_augmentation_changes_what_a_run_trains_on(tmp_path):
+    # Two runs of one seed without augmentation agree to the bit, so a run with it must differ from them: one
+    # that trained on the plain images (augmentation dropped on its way to the loader) would not.
+    folder, _ = write_image_folder(tmp_path / "tree", per_class=3, size=8)
+    base = dict(model="softmax", dataset="cifar10", data=str(folder), epochs=1, batch_size=10, lr=0.1,
+                val_split=0.0, precision="fp32", device="cpu", cache_dir=str(tmp_path / "cache"), augment="none")
+
+    def weights(name, **changes):
+        fit(TrainConfig(**dict(base, out=str(tmp_path / name), **changes)))
+        return torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]["linear.weight"]
+
+    plain = weights("plain")
+    assert torch.equal(weights("plain again"), plain)
+    assert not torch.equal(weights("crop and flip", augment=None), plain)  # the dataset's preset
+    assert not torch.equal(weights("cutout", cutout=4), plain)
+
+
 def test_resume_mid_epoch_gives_exactly_the_uninterrupted_metrics(tmp_path):
     base = dict(model="mlp", dataset="cifar10", data=cifar_like(tmp_path), hidden=[32], dropout=0.3,
                 batch_norm=True, epochs=3, batch_size=16, lr=0.05, cache_dir=str(tmp_path / "cache"),
