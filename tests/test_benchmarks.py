@@ -3,6 +3,7 @@ the reference pipeline trains on, and the alternating timer."""
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -104,3 +105,13 @@ def test_the_recipe_grid_fails_on_a_wrong_result_even_in_its_quick_form(common, 
             grid.main()
         assert e.value.code == 1
         assert "WRONG RESULT" in capsys.readouterr().err
+
+
+def test_make_bench_names_every_benchmark_it_skips_without_the_cifar_archive():
+    makefile = (COMMON.parents[1] / "Makefile").read_text()
+    recipe = makefile.split("\nbench: ", 1)[1].split("\n\n", 1)[0]
+    needs_cifar, skipped = recipe.split("if [ -f $(CIFAR) ]; then", 1)[1].split("else echo", 1)
+    skipped = skipped.split("; fi", 1)[0]
+    scripts = re.findall(r"benchmarks/(\w+\.py)", needs_cifar)
+    assert len(scripts) >= 5 and "data.py" in scripts
+    assert [s for s in scripts if s not in skipped] == [], skipped
