@@ -10,7 +10,7 @@ from torch import nn
 
 from cnnlab.cli import main
 from cnnlab.config import TrainConfig
-from cnnlab.explain import LAST_CONV_BLOCK, _OnPixels, explain_image, grad_cam, saliency, upsample
+from cnnlab.explain import _OnPixels, explain_image, grad_cam, saliency, upsample
 from cnnlab.models import create_model, list_models, model_info
 from cnnlab.models.vgg import CFGS, make_features
 from data_fixtures import png_bytes, rng_images, write_image_folder
@@ -81,7 +81,7 @@ def test_every_convolutional_model_has_a_last_conv_block_and_every_other_model_i
     for name in list_models():
         spec = model_info(name)
         if spec.takes_images:
-            assert spec.family in LAST_CONV_BLOCK, name
+            assert spec.last_conv_block is not None, name
         else:
             assert spec.family in ("linear", "mlp"), name
 
@@ -90,7 +90,7 @@ def test_every_convolutional_model_has_a_last_conv_block_and_every_other_model_i
                                            ("vgg16c_bn", {"head": "cifar"}), ("speednet", {"hidden": (8, 16, 16)})])
 def test_the_last_conv_block_ends_after_every_convolution_and_keeps_a_spatial_map(name, options):
     model = create_model(name, num_classes=3, image_size=32, **options).eval()
-    block = LAST_CONV_BLOCK[model_info(name).family](model)
+    block = model_info(name).last_conv_block(model)
     order = []
     for module in model.modules():
         if isinstance(module, nn.Conv2d) or module is block:
@@ -118,10 +118,10 @@ def test_each_family_gets_its_maps_for_the_top1_class_or_the_one_asked(name, fam
     pixel_model = _OnPixels(model.eval(), {"mean": [0.5] * 3, "std": [0.25] * 3})
     pixels = torch.rand(1, 3, 8, 8) * 255
     classes = ["a", "b", "c", "d"]
-    top1 = explain_image(pixel_model, model_info(name).family, pixels, classes, topk=3)
+    top1 = explain_image(pixel_model, model_info(name), pixels, classes, topk=3)
     assert [kind for kind, _, _ in top1.maps] == family_maps
     assert top1.target == top1.top[0][0] and len(top1.top) == 3 and top1.probability == top1.top[0][1]
-    asked = explain_image(pixel_model, model_info(name).family, pixels, classes, target=classes.index(top1.top[-1][0]))
+    asked = explain_image(pixel_model, model_info(name), pixels, classes, target=classes.index(top1.top[-1][0]))
     assert asked.target == top1.top[-1][0]
     for kind, _, values in asked.maps:
         assert values.shape == ((3, 8, 8) if kind == "template" else (8, 8)) and torch.isfinite(values).all()

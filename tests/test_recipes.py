@@ -8,7 +8,7 @@ from cnnlab.cli import add_arguments, config_from_args
 from cnnlab.config import TrainConfig
 from cnnlab.engine import fit
 from cnnlab.models import list_models
-from cnnlab.recipes import ADAMW_LR, FIELDS, RECIPES, apply_recipe, recipe_key
+from cnnlab.recipes import ADAMW_LR, FIELDS, apply_recipe, recipe_key, recipe_of
 from cnnlab.runs import RunFolder
 
 
@@ -32,19 +32,31 @@ def test_the_family_decides_and_batch_norm_counts_for_vgg():
         ["vgg", "vgg", "vgg_bn", "resnet", "linear", "linreg", "mlp"]
 
 
+def test_a_model_registered_without_a_recipe_names_the_flags_to_give(monkeypatch):
+    from dataclasses import replace
+    from cnnlab.errors import CnnlabError
+    from cnnlab.models import REGISTRY
+    monkeypatch.setitem(REGISTRY, "resnet18", replace(REGISTRY["resnet18"], recipe=None))
+    with pytest.raises(CnnlabError, match="no default recipe; give --lr, --weight-decay, --schedule, "
+                                          "--label-smoothing"):
+        apply_recipe(TrainConfig(model="resnet18"))
+    config = TrainConfig(model="resnet18", lr=0.1, weight_decay=0.0, schedule="constant", label_smoothing=0.0)
+    assert apply_recipe(config) == {}  # everything given: no recipe needed
+
+
 @pytest.mark.parametrize("batch, factor", [(128, 1), (64, 0.5), (256, 2), (1, 1 / 128), (1024, 8), (4096, 8),
                                            ("all", 8)])
 def test_sgd_lr_scales_linearly_with_the_batch_up_to_1024(batch, factor):
     config = TrainConfig(model="resnet18", batch_size=batch)
     apply_recipe(config)
-    assert config.lr == pytest.approx(RECIPES["resnet"].lr * factor, rel=2e-3)  # 3 significant digits
+    assert config.lr == pytest.approx(recipe_of("resnet18").lr * factor, rel=2e-3)  # 3 significant digits
 
 
 @pytest.mark.parametrize("features, lr", [(3072, 0.02), (784, 0.0784), (12288, 0.005), (None, 0.02)])
 def test_softmax_lr_falls_with_the_input_size(features, lr):
     config = TrainConfig(model="softmax", lr=None)
     apply_recipe(config, input_features=features)
-    assert config.lr == pytest.approx(lr * RECIPES["linear"].lr / 0.02, rel=2e-3)
+    assert config.lr == pytest.approx(lr * recipe_of("softmax").lr / 0.02, rel=2e-3)
 
 
 def test_adamw_gets_its_own_lr_at_any_batch():
@@ -71,7 +83,7 @@ def test_the_run_log_and_config_toml_say_what_the_recipe_chose(tmp_path, capsys)
     out = tmp_path / "run"
     fit(TrainConfig(model="linreg", dataset="synthetic-linear", epochs=1, batch_size=64, out=str(out)))
     log = capsys.readouterr().out
-    recipe = RECIPES["linreg"]
+    recipe = recipe_of("linreg")
     assert f"default recipe for linreg (every setting you did not give): lr {recipe.lr * 0.5}" in log
     saved = RunFolder(out).config()
     assert (saved.lr, saved.weight_decay, saved.schedule, saved.label_smoothing) == \

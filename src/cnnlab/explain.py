@@ -16,16 +16,7 @@ from torch import nn
 from cnnlab.atomic import atomic_write
 from cnnlab.errors import CnnlabError, check_positive_int
 from cnnlab.evaluate import load_image_classifier, normalise, read_image
-from cnnlab.models import model_info
-
-# family → the module whose output maps are Grad-CAM's A_k, the last convolutional block: deepest, so the most
-# semantic, and still spatial (the next layer pools it away).
-LAST_CONV_BLOCK = {
-    "resnet": lambda model: model.layer4,
-    "vgg": lambda model: model.features[-2],  # the last conv's ReLU: `features` ends with a max-pool
-    "speednet": lambda model: model.layers[-1],  # the third conv group, before the global max-pool
-}
-
+from cnnlab.models import ModelSpec, model_info
 
 def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) -> tuple[torch.Tensor, ...]:
     """(Grad-CAM map of class `target` at `layer`'s output, (h, w) at that layer's resolution; the logits).
@@ -85,24 +76,25 @@ class Explanation:
     maps: list[tuple[str, str, torch.Tensor]]  # (kind: overlay | heat | template, title, map)
 
 
-def explain_image(model: nn.Module, family: str, pixels: torch.Tensor, classes: list[str], target: int | None = None,
+def explain_image(model: nn.Module, spec: ModelSpec, pixels: torch.Tensor, classes: list[str], target: int | None = None,
                   topk: int = 5) -> Explanation:
     """The maps of one (1, C, H, W) 0–255 image for class `target` (default: the top-1 prediction).
 
-    `model` takes pixels (see `_OnPixels`); `family` picks the method: Grad-CAM for LAST_CONV_BLOCK's families, the
-    input gradient otherwise, plus the weight template for softmax regression.
+    `model` takes pixels (see `_OnPixels`); the registry entry `spec` picks the method: Grad-CAM at its
+    `last_conv_block` where it names one, the input gradient otherwise, plus the weight template for softmax
+    regression.
     """
     with torch.no_grad():
         probs = torch.softmax(model(pixels).float(), 1)[0]
     target = int(probs.argmax()) if target is None else target
     size = tuple(pixels.shape[2:])
-    if family in LAST_CONV_BLOCK:
-        cam, _ = grad_cam(model, LAST_CONV_BLOCK[family](model.model), pixels, target)
+    if spec.last_conv_block is not None:
+        cam, _ = grad_cam(model, spec.last_conv_block(model.model), pixels, target)
         maps = [("overlay", f"Grad-CAM, last conv block ({cam.shape[0]}×{cam.shape[1]})", upsample(cam, size))]
     else:
         gradient, _ = saliency(model, pixels, target)
         maps = [("heat", "saliency |∂logit/∂x|, max over channels", gradient)]
-        if family == "linear":
+        if spec.family == "linear":
             template = model.model.linear.weight[target].detach().reshape(pixels.shape[1:])
             maps.append(("template", "weight template", template))
     top = probs.topk(min(topk, len(classes)))
@@ -176,11 +168,11 @@ def explain_run(target, images: list, out_dir=None, topk: int = 5, class_name: s
         raise CnnlabError("two images have the same file name without their extension, so their PNGs would "
                           "overwrite each other; explain them in separate calls with different --out folders")
     name = checkpoint["model_options"]["name"]
-    family = model_info(name).family
+    spec = model_info(name)
     pixel_model = _OnPixels(model.float(), checkpoint).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     for path, pixels, output in zip(images, all_pixels, outputs):
-        explanation = explain_image(pixel_model, family, pixels, classes, class_index, topk)
+        explanation = explain_image(pixel_model, spec, pixels, classes, class_index, topk)
         chosen = "the top-1 class" if class_index is None else "--class"
         fig = draw(explanation, f"{Path(path).name} — {name}: why {explanation.target!r} "
                                 f"({chosen}, p = {explanation.probability:.3f})")

@@ -1,4 +1,5 @@
-"""Default training recipes, one per model family: what a setting the user left open becomes.
+"""Default training recipes applied: what a setting the user left open becomes. The recipes themselves are registered
+with the models (`ModelSpec.recipe`, models/registry.py).
 
 Each learning rate was measured (`cnnlab sweep lr-grid`; RESULTS.md, "Default recipes"), not taken from folklore. A
 recipe fills only what neither a config file nor a flag set, so the seed's plain methods stay one flag away:
@@ -10,49 +11,31 @@ times --accumulate. Softmax regression's lr also falls with the input size (Reci
 its usual 1e-3 at any batch size.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
+from cnnlab.errors import CnnlabError
 from cnnlab.models import model_info
-
-
-@dataclass(frozen=True)
-class Recipe:
-    lr: float  # SGD at REFERENCE_BATCH
-    weight_decay: float
-    schedule: str  # triangular: linear warm-up over 30 % of the run (unless --warmup-epochs), then linear decay
-    label_smoothing: float
-    # A linear model's largest stable step falls as 1/E‖x‖², which is the input size d for standardised inputs:
-    # its lr is for inputs of this size and scales by reference/d (softmax: 0.02 on CIFAR's 3072 features diverged
-    # on Tiny ImageNet's 12,288, where 0.005 was best).
-    lr_reference_inputs: int | None = None
-
+from cnnlab.models.registry import Recipe
 
 REFERENCE_BATCH = 128
 LARGEST_SCALED_BATCH = 1024
 ADAMW_LR = 1e-3
-
-# Keyed by model name, else by family ("vgg_bn" for VGGs with batch norm). Each classifier's lr is the best of seven
-# (0.005…0.4) in the lr-grid preset, whose other settings are these: SGD with momentum 0.9, weight decay 5e-4 on
-# weights, the triangular schedule, no label smoothing (not measured yet). linreg: the best of 0.01…0.3 on
-# synthetic-linear, constant and cosine. speednet: 0.4, the largest the grid tried — it still rose there.
-RECIPES: dict[str, Recipe] = {
-    "linreg": Recipe(lr=0.03, weight_decay=0.0, schedule="constant", label_smoothing=0.0),
-    "linear": Recipe(lr=0.02, weight_decay=5e-4, schedule="triangular", label_smoothing=0.0,
-                     lr_reference_inputs=3072),
-    "mlp": Recipe(lr=0.02, weight_decay=5e-4, schedule="triangular", label_smoothing=0.0),
-    "vgg": Recipe(lr=0.02, weight_decay=5e-4, schedule="triangular", label_smoothing=0.0),
-    "vgg_bn": Recipe(lr=0.02, weight_decay=5e-4, schedule="triangular", label_smoothing=0.0),
-    "resnet": Recipe(lr=0.02, weight_decay=5e-4, schedule="triangular", label_smoothing=0.0),
-    "speednet": Recipe(lr=0.4, weight_decay=5e-4, schedule="triangular", label_smoothing=0.0),
-}
 FIELDS = ("lr", "weight_decay", "schedule", "label_smoothing")  # the TrainConfig settings a recipe may fill
 
 
-def recipe_key(model: str) -> str:
+def recipe_of(model: str) -> Recipe:
+    """The model's default recipe, registered on its ModelSpec; a model registered without one names the fix."""
     spec = model_info(model)
-    if spec.name in RECIPES:
-        return spec.name
-    return spec.family + ("_bn" if spec.family == "vgg" and spec.name.endswith("_bn") else "")
+    if spec.recipe is None:
+        flags = ", ".join("--" + name.replace("_", "-") for name in FIELDS)
+        raise CnnlabError(f"model {spec.name!r} has no default recipe; give {flags} (or add a recipe to its "
+                          "ModelSpec in models/registry.py)")
+    return spec.recipe
+
+
+def recipe_key(model: str) -> str:
+    """The recipe's name, as the run log says it: the family's, "vgg_bn" for VGGs with batch norm."""
+    return recipe_of(model).name
 
 
 def batch_scaled_lr(base: float, batch_size: int | str) -> float:
@@ -66,7 +49,7 @@ def apply_recipe(config, input_features: int | None = None) -> dict:
     open_settings = [name for name in FIELDS if getattr(config, name) is None]
     if not open_settings:
         return {}
-    recipe = RECIPES[recipe_key(config.model)]
+    recipe = recipe_of(config.model)
     values = asdict(recipe)
     if config.optimizer == "adamw":
         values["lr"] = ADAMW_LR

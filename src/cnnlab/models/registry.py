@@ -1,6 +1,7 @@
-"""The model registry: every name cnnlab knows, its builder, and the options it takes.
+"""The model registry: every name cnnlab knows, its builder, the options it takes, its default recipe and where
+Grad-CAM looks. Adding a model is one `ModelSpec` here, beside the family's others.
 
-The CLI, the reports and the tests all go through `create_model` / `list_models`.
+The CLI, the reports and the tests all go through `create_model` / `list_models` / `model_info`.
 """
 
 from dataclasses import dataclass, field
@@ -63,6 +64,35 @@ _SPEEDNET = {"hidden": _group_widths}
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """A family's default training settings: what a setting the user left open becomes (recipes.py applies it)."""
+    name: str  # what the run log calls it: "default recipe for vgg_bn"
+    lr: float  # SGD's at recipes.REFERENCE_BATCH
+    weight_decay: float
+    schedule: str  # triangular: linear warm-up over 30 % of the run (unless --warmup-epochs), then linear decay
+    label_smoothing: float
+    # A linear model's largest stable step falls as 1/E‖x‖², which is the input size d for standardised inputs:
+    # its lr is for inputs of this size and scales by reference/d (softmax: 0.02 on CIFAR's 3072 features diverged
+    # on Tiny ImageNet's 12,288, where 0.005 was best).
+    lr_reference_inputs: int | None = None
+
+
+# Each classifier's lr is the best of seven (0.005…0.4) in the lr-grid preset (RESULTS.md, "Default recipes"), whose
+# other settings are these: SGD with momentum 0.9, weight decay 5e-4 on weights, the triangular schedule, no label
+# smoothing (issue 16's ablation, RESULTS.md "Training extras", found 0.1 inside the noise on a short budget and ten
+# times the calibration error, so the recipes keep 0). linreg: the best of 0.01…0.3 on synthetic-linear, constant
+# and cosine. speednet: 0.4, the largest the grid tried — it still rose there.
+def _recipe(name: str, lr: float, **changes) -> Recipe:
+    return Recipe(**({"name": name, "lr": lr, "weight_decay": 5e-4, "schedule": "triangular", "label_smoothing": 0.0}
+                     | changes))
+
+
+# The module whose output maps are Grad-CAM's A_k, the last convolutional block: deepest, so the most semantic, and
+# still spatial (the next layer pools it away).
+LastConvBlock = Callable[[nn.Module], nn.Module]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     family: str
@@ -75,37 +105,64 @@ class ModelSpec:
     tasks: tuple[str, ...] = ("classification",)  # what its output can be trained for
     paper_name: str = ""
     min_image_size: int = 1
+    # None: every one of recipes.FIELDS must be given (recipes.apply_recipe says so in one line).
+    recipe: Recipe | None = None
+    # None: `cnnlab explain` shows the input gradient (saliency) instead of Grad-CAM.
+    last_conv_block: LastConvBlock | None = None
 
 
 _IMAGES = {"takes_images": True, "channels_last": True}
 _VECTORS = {"takes_images": False, "channels_last": False}
 _SPECS = [
     ModelSpec("linreg", "linear", linear.linreg, _FLAT, "linear regression, d → 1", **_VECTORS,
-              tasks=("regression",)),
-    ModelSpec("softmax", "linear", linear.softmax, _FLAT, "softmax regression, d → classes", **_VECTORS),
+              tasks=("regression",), recipe=_recipe("linreg", 0.03, weight_decay=0.0, schedule="constant")),
+    ModelSpec("softmax", "linear", linear.softmax, _FLAT, "softmax regression, d → classes", **_VECTORS,
+              recipe=_recipe("linear", 0.02, lr_reference_inputs=3072)),
     ModelSpec("mlp", "mlp", linear.mlp, _MLP, "multilayer perceptron (default one hidden layer of 256, ReLU)",
-              **_VECTORS, tasks=("classification", "regression")),
+              **_VECTORS, tasks=("classification", "regression"), recipe=_recipe("mlp", 0.02)),
 ]
 
 # name → (paper configuration, LRN); each also registered with `_bn`.
 _VGGS = {"vgg11": ("A", False), "vgg11_lrn": ("A", True), "vgg13": ("B", False),
          "vgg16c": ("C", False), "vgg16": ("D", False), "vgg19": ("E", False)}
+_VGG_RECIPES = {False: _recipe("vgg", 0.02), True: _recipe("vgg_bn", 0.02)}  # by batch norm
+
+
+def _vgg_last_conv_block(model):
+    return model.features[-2]  # the last conv's ReLU: `features` ends with a max-pool
+
+
 for _name, (_cfg, _lrn) in _VGGS.items():
     _letter = _cfg + ("-LRN" if _lrn else "")
     for _bn in (False, True):
         _SPECS.append(ModelSpec(
             _name + ("_bn" if _bn else ""), "vgg", partial(vgg.vgg, _cfg, _bn, _lrn), _VGG,
             f"VGG configuration {_letter}" + (" with batch norm" if _bn else ""), **_IMAGES,
-            paper_name=_letter if not _bn else "", min_image_size=32))  # five 2×2 max-pools
+            paper_name=_letter if not _bn else "", min_image_size=32,  # five 2×2 max-pools
+            recipe=_VGG_RECIPES[_bn], last_conv_block=_vgg_last_conv_block))
+
+_RESNET_RECIPE = _recipe("resnet", 0.02)
+
+
+def _resnet_last_conv_block(model):
+    return model.layer4
+
 
 for _depth, (_block, _layers) in resnet.DEPTHS.items():
     _SPECS.append(ModelSpec(
         f"resnet{_depth}", "resnet", partial(resnet.resnet, _depth), _RESNET,
-        f"ResNet-{_depth}, {_block.__name__} × {sum(_layers)}", **_IMAGES))
+        f"ResNet-{_depth}, {_block.__name__} × {sum(_layers)}", **_IMAGES,
+        recipe=_RESNET_RECIPE, last_conv_block=_resnet_last_conv_block))
+
+
+def _speednet_last_conv_block(model):
+    return model.layers[-1]  # the third conv group, before the global max-pool
+
 
 _SPECS.append(ModelSpec("speednet", "speednet", speednet.speednet, _SPEEDNET,
                         "CIFAR speedrun net: patch-whitening conv + 3 conv groups (64, 256, 256)", **_IMAGES,
-                        min_image_size=16))
+                        min_image_size=16, recipe=_recipe("speednet", 0.4),
+                        last_conv_block=_speednet_last_conv_block))
 
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 ALIASES: dict[str, str] = {s.paper_name: s.name for s in _SPECS if s.paper_name}
