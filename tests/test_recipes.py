@@ -8,7 +8,8 @@ from cnnlab.cli import add_arguments, config_from_args
 from cnnlab.config import TrainConfig
 from cnnlab.engine import fit
 from cnnlab.models import list_models
-from cnnlab.recipes import ADAMW_LR, FIELDS, apply_recipe, recipe_key, recipe_of
+from cnnlab.optimizers import OPTIMIZERS
+from cnnlab.recipes import FIELDS, apply_recipe, recipe_key, recipe_of
 from cnnlab.runs import RunFolder
 
 
@@ -62,7 +63,7 @@ def test_softmax_lr_falls_with_the_input_size(features, lr):
 def test_adamw_gets_its_own_lr_at_any_batch():
     config = TrainConfig(model="resnet18", optimizer="adamw", batch_size=512)
     apply_recipe(config)
-    assert config.lr == ADAMW_LR
+    assert config.lr == OPTIMIZERS["adamw"].default_lr == 1e-3
 
 
 def test_what_the_user_set_is_never_replaced(tmp_path):

@@ -27,6 +27,7 @@ from cnnlab.metrics import loss_fn
 from cnnlab.models import count_params, create_model, model_info
 from cnnlab.monitor import Monitor, default_monitor
 from cnnlab.optim import build_optimizer, build_scheduler
+from cnnlab.optimizers import OPTIMIZERS
 from cnnlab.recipes import apply_recipe, describe as describe_recipe
 from cnnlab.run_data import Data, wants_channels_last, build_data, resolve_data
 from cnnlab.runs import RunFolder, default_run_path
@@ -371,12 +372,7 @@ def describe_method(config: TrainConfig, data: Data) -> str:
                   f"{config.batch_size} added up per step)")
     else:
         method = f"minibatch SGD (batches of {config.batch_size})"
-    if config.optimizer == "adamw":
-        method += " with AdamW"
-    elif config.momentum:
-        method += f" with {'Nesterov ' if config.nesterov else ''}momentum {config.momentum} (--momentum 0: none)"
-    else:
-        method += " without momentum"
+    method += OPTIMIZERS[config.optimizer].describe(config)
     decay = f"weight decay {config.weight_decay}" if config.weight_decay else "no weight decay"
     line = f"method: {method}; lr {config.lr}, {config.schedule} schedule; {decay}"
     if config.clip_grad_norm:

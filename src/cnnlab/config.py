@@ -3,7 +3,8 @@
 Precedence: dataclass defaults < `--config FILE` (or a preset's name, see cnnlab.presets) < explicit command-line
 flags. Validation happens once, in `validate()`, and names the field and what it allows; the model's and the
 dataset's names are checked where their registries are known (`cnnlab.build.validate_config`), so that this module,
-at the bottom of the package, imports nothing but cnnlab.errors.
+at the bottom of the package, imports nothing but cnnlab.errors and the torch-free tables beside it
+(cnnlab.optimizers).
 """
 
 import json
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
+from cnnlab.optimizers import OPTIMIZERS, one_of
 
 
 END_OF_CONFIG = "# end of cnnlab config"  # lets a reader tell a complete config.toml from a truncated one
@@ -77,7 +79,7 @@ class TrainConfig:
     accumulate: int = _f(1, "gradient accumulation: K batches of --batch-size per optimizer step, exactly one step on "
                             "a K× batch for models without batch norm (batch norm normalises each batch by its own "
                             "statistics); the schedule counts optimizer steps")
-    optimizer: str = _f("sgd", "sgd (momentum v = βv + g, W -= αv) or adamw", ("sgd", "adamw"))
+    optimizer: str = _f("sgd", one_of(s.help for s in OPTIMIZERS.values()), tuple(OPTIMIZERS))
     lr: float | None = _f(None, "learning rate α (default: the model family's recipe, scaled to the batch size)")
     momentum: float = _f(0.9, "momentum β (sgd); 0 for plain SGD")
     nesterov: bool = _f(False, "Nesterov momentum (sgd)")

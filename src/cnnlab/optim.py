@@ -7,6 +7,7 @@ from torch import nn
 
 from cnnlab.config import TrainConfig
 from cnnlab.finetune import classifier
+from cnnlab.optimizers import OPTIMIZERS
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = False, lr: float = 0.1,
@@ -54,15 +55,13 @@ def scale_head_lr(groups: list[dict], head: nn.Module, mult: float) -> list[dict
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD: v = βv + (g + λw), W = W − αv (PyTorch semantics, dampening 0). AdamW: decoupled decay."""
+    """config.optimizer's row of OPTIMIZERS, built on the weight-decay groups (and the head's lr multiplier)."""
     groups = parameter_groups(model, config.weight_decay, config.decay_all, config.lr, config.norm_lr_scale)
     if config.head_lr_mult != 1:
         groups = scale_head_lr(groups, classifier(model)[1], config.head_lr_mult)
     # On a GPU one fused kernel updates every parameter instead of a launch per tensor.
     fused = {"fused": True} if all(p.is_cuda for p in model.parameters()) else {}
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, **fused)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, **fused)
+    return OPTIMIZERS[config.optimizer].build(groups, config, **fused)
 
 
 def lr_multiplier(config: TrainConfig, steps_per_epoch: int):

@@ -8,7 +8,7 @@ recipe fills only what neither a config file nor a flag set, so the seed's plain
 The lr is SGD's at batch 128 and scales linearly with the batch size (Goyal et al. 2017) up to batch 1024; larger
 batches, and full-batch gradient descent, get the batch-1024 value. The batch is an optimizer step's: --batch-size
 times --accumulate. Softmax regression's lr also falls with the input size (Recipe.lr_reference_inputs). AdamW takes
-its usual 1e-3 at any batch size.
+its usual 1e-3 at any batch size (OptimizerSpec.default_lr).
 """
 
 from dataclasses import asdict
@@ -16,10 +16,10 @@ from dataclasses import asdict
 from cnnlab.errors import CnnlabError
 from cnnlab.models import model_info
 from cnnlab.models.registry import Recipe
+from cnnlab.optimizers import OPTIMIZERS
 
 REFERENCE_BATCH = 128
 LARGEST_SCALED_BATCH = 1024
-ADAMW_LR = 1e-3
 FIELDS = ("lr", "weight_decay", "schedule", "label_smoothing")  # the TrainConfig settings a recipe may fill
 
 
@@ -51,8 +51,9 @@ def apply_recipe(config, input_features: int | None = None) -> dict:
         return {}
     recipe = recipe_of(config.model)
     values = asdict(recipe)
-    if config.optimizer == "adamw":
-        values["lr"] = ADAMW_LR
+    fixed_lr = OPTIMIZERS[config.optimizer].default_lr
+    if fixed_lr is not None:
+        values["lr"] = fixed_lr
     else:
         # The batch an optimizer step averages: --accumulate K is a K× batch, and gets its lr.
         lr = batch_scaled_lr(recipe.lr, config.step_batch)
