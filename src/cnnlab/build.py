@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab import runfiles
 from cnnlab.averaging import EMA, Lookahead
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig, not_allowed
@@ -251,7 +252,7 @@ def _reopen(resume: str, config: TrainConfig | None, d: Dist, stack):
         stack.enter_context(run.lock())
     else:
         run.readonly = True
-    checkpoint = load_checkpoint(run.file("last.pt"))
+    checkpoint = load_checkpoint(run.file(runfiles.LAST))
     missing = [k for k in RESUME_KEYS if k not in checkpoint]
     if missing:
         raise CnnlabError(f"{run.file('last.pt')} is not a cnnlab checkpoint for training "

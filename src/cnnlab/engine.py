@@ -12,6 +12,7 @@ from contextlib import nullcontext
 
 import torch
 
+from cnnlab import runfiles
 from cnnlab import distributed
 from cnnlab.build import Setup, bare_setup, start
 from cnnlab.config import TrainConfig
@@ -181,7 +182,7 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int, on
     if done < len(state.loader):  # interrupted inside the epoch: save the position and leave
         state.position = {"epoch": epoch, "batch": done, "order": state.loader.order.cpu(), "sums": sums.state(),
                           "lr": lr}
-        setup.save(state, "last.pt")
+        setup.save(state, runfiles.LAST)
         _leave(setup, stop, f"in epoch {epoch} after step {done}")
     if state.lookahead is not None:
         state.lookahead.end_epoch()  # evaluation and checkpoints see the averaged weights (or their EMA)
@@ -200,9 +201,9 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int, on
     write_last = epoch % config.checkpoint_every == 0 or stop_now or interrupted or epoch == config.epochs
     # Without a validation split every epoch "improves": best.pt then goes with last.pt, not every epoch.
     if improved and (data.val is not None or write_last):
-        setup.save(state, "best.pt")
+        setup.save(state, runfiles.BEST)
     if write_last:
-        setup.save(state, "last.pt")
+        setup.save(state, runfiles.LAST)
     if interrupted:
         _leave(setup, stop, f"after epoch {epoch}")
     if stop_now:
@@ -223,7 +224,7 @@ def _out_of_memory_is_one_line(setup: Setup, state: TrainState):
     except OUT_OF_MEMORY:
         size = setup.config.batch_size
         smaller = FULL_BATCH_CHUNK if setup.config.full_batch else max(1, size // 2)
-        kept = [name for name in ("last.pt", "best.pt") if setup.run.file(name).exists()]
+        kept = [name for name in (runfiles.LAST, runfiles.BEST) if setup.run.file(name).exists()]
         reason = (f"{setup.device.type.upper()} out of memory at batch {size}: try --batch-size {smaller}"
                   + (f" (the run folder keeps {' and '.join(kept)} from epoch {state.epoch})" if kept else ""))
         setup.run.log(reason)  # the CLI prints it, once
@@ -279,14 +280,14 @@ def finish(setup: Setup, state: TrainState, stop_reason: str) -> dict:
     rows = run.metrics()
     summary.update(_timings(rows, setup.init_seconds))
     barrier(setup.d)  # rank 0 has written best.pt
-    if run.file("best.pt").is_file():
+    if run.file(runfiles.BEST).is_file():
         summary.update(_test(setup, state))
     summary.update(environment(setup.device))
     run.write_summary(summary)
     if rows and not run.readonly:
         from cnnlab.report.curves import save_curves  # here: matplotlib costs ~0.5 s; eval and predict import the loop
 
-        save_curves(rows, run.file("curves.png"), title=f"{setup.options['name']} on {config.dataset}")
+        save_curves(rows, run.file(runfiles.CURVES), title=f"{setup.options['name']} on {config.dataset}")
     test_text = (f"test top-1 {summary['test_top1']:.4f}" if summary.get("test_top1") is not None
                  else f"test loss {summary.get('test_loss', float('nan')):.6f}")
     best_text = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best["value"] is not None
@@ -311,7 +312,7 @@ def _timings(rows: list[dict], init_seconds: float | None) -> dict:
 def _test(setup: Setup, state: TrainState) -> dict:
     """The best checkpoint's weights on the test split (and, for linear regression, against the true w and b)."""
     model, data = state.model, setup.data
-    model.load_state_dict(load_checkpoint(setup.run.file("best.pt"), setup.device)["model"])
+    model.load_state_dict(load_checkpoint(setup.run.file(runfiles.BEST), setup.device)["model"])
     begin = time.perf_counter()
     test = evaluate(model, data.test, data.task, setup.num_classes, setup.autocast, d=setup.d, tta=setup.tta)
     result = {"test_loss": test["loss"], "test_top1": test.get("acc"), "test_top5": test.get("top5"),

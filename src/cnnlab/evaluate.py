@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from cnnlab import runfiles
 from cnnlab.atomic import atomic_write
 from cnnlab.calibration import calibration, save_reliability
 from cnnlab.checkpoint import load_checkpoint
@@ -30,7 +31,7 @@ from cnnlab.models import create_model, model_info
 def checkpoint_path(target) -> Path:
     target = Path(target)
     if target.is_dir():
-        for name in ("best.pt", "last.pt"):
+        for name in (runfiles.BEST, runfiles.LAST):
             if (target / name).is_file():
                 return target / name
         raise CnnlabError(f"{target} has no best.pt or last.pt; is it a cnnlab run folder?")
@@ -92,21 +93,21 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
         out_dir = Path(out_dir or (target if Path(target).is_dir() else Path(target).parent))
         out_dir.mkdir(parents=True, exist_ok=True)
         if save_predictions is not None:
-            path = save_predictions or out_dir / f"predictions_{split}.npz"
+            path = save_predictions or out_dir / runfiles.predictions(split)
             result["predictions"] = str(write_predictions(path, logits, truth, loaders.classes))
         from cnnlab.report.curves import save_confusion  # here: matplotlib takes ~0.5 s; predict and export need none
 
         result["confusion_png"] = str(save_confusion(confusion, loaders.classes,
-                                                     out_dir / f"confusion_{split}.png"))
+                                                     out_dir / runfiles.confusion(split)))
         result["confusion"] = confusion.tolist()
         probabilities = torch.softmax(logits.float(), 1).numpy()
         calibrated = calibration(probabilities, truth)
         result["ece"], result["calibration"] = calibrated["ece"], calibrated["bins"]
-        result["reliability_png"] = str(save_reliability(calibrated, out_dir / f"reliability_{split}.png"))
+        result["reliability_png"] = str(save_reliability(calibrated, out_dir / runfiles.reliability(split)))
         result.update(_gallery(model, checkpoint, loader, probabilities, truth, predicted, loaders.classes, split,
                                out_dir))
         # Reports read per-class accuracy from here; they never load checkpoints.
-        with atomic_write(out_dir / f"eval_{split}.json", "w") as f:
+        with atomic_write(out_dir / runfiles.evaluation(split), "w") as f:
             f.write(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -128,7 +129,7 @@ def eval_precision(config: TrainConfig, device: torch.device, name: str, tested_
 def _tested_in(source: Path) -> str | None:
     """The precision summary.json says the run trained and tested in, if the checkpoint sits in its run folder."""
     try:
-        return json.loads((source.parent / "summary.json").read_text(encoding="utf-8")).get("precision")
+        return json.loads((source.parent / runfiles.SUMMARY).read_text(encoding="utf-8")).get("precision")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -140,16 +141,16 @@ def _gallery(model, checkpoint: dict, loader, probabilities, truth, predicted, c
     layer to draw leaves no filters.png: one from an earlier evaluation would show weights that are not these."""
     name = checkpoint["model_options"]["name"]
     result = {}
-    filters = save_filters(model, checkpoint["image_shape"], out_dir / "filters.png", title=f"{name}: ")
+    filters = save_filters(model, checkpoint["image_shape"], out_dir / runfiles.FILTERS, title=f"{name}: ")
     if filters is not None:
         result["filters_png"] = str(filters)
     else:
-        (out_dir / "filters.png").unlink(missing_ok=True)
+        (out_dir / runfiles.FILTERS).unlink(missing_ok=True)
     if len(checkpoint["image_shape"]) == 3:
         mistakes = confident_mistakes(probabilities, truth, predicted=predicted)
         indices = [m["index"] for m in mistakes]
         result["mistakes_png"] = str(save_mistakes(mistakes, split_images(loader, indices), classes,
-                                                   out_dir / f"mistakes_{split}.png",
+                                                   out_dir / runfiles.mistakes(split),
                                                    title=f"{name} on the {split} split: "))
         paths = split_paths(loader, indices) or [None] * len(mistakes)
         result["mistakes"] = [{**m, "true": classes[m["true"]], "predicted": classes[m["predicted"]],

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab import runfiles
 from cnnlab import __version__
 from cnnlab.atomic import atomic_write
 from cnnlab.checkpoint import save_checkpoint
@@ -44,7 +45,7 @@ class RunFolder:
         config.out = str(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path / "config.toml", "w") as f:
+            with atomic_write(path / runfiles.CONFIG, "w") as f:
                 f.write(config.to_toml())
         except OSError as e:
             if created:  # leave nothing behind
@@ -60,7 +61,7 @@ class RunFolder:
             raise CnnlabError(f"run folder {path} does not exist; check the path (cnnlab train --resume RUN_DIR)")
         if not path.is_dir():
             raise CnnlabError(f"{path} is a file, not a run folder; pass the folder that holds config.toml")
-        if not (path / "config.toml").is_file():
+        if not (path / runfiles.CONFIG).is_file():
             raise CnnlabError(f"{path} is not a cnnlab run folder (no config.toml); a run stopped before it wrote "
                               "config.toml cannot be resumed: start it again with cnnlab train")
         return cls(path)
@@ -92,7 +93,7 @@ class RunFolder:
         try:
             yield
         except OSError as e:
-            then = (f"continue with: cnnlab train --resume {self.path}" if self.file("last.pt").is_file()
+            then = (f"continue with: cnnlab train --resume {self.path}" if self.file(runfiles.LAST).is_file()
                     else "start the run again")
             raise CnnlabError(f"cannot write {self.file(name)} ({e.strerror or e}); free some disk space or make "
                               f"{self.path} writable, then {then}") from None
@@ -100,7 +101,7 @@ class RunFolder:
     def config(self) -> TrainConfig:
         """The run's resolved config. A file without to_toml's closing line was cut short, and must not silently
         turn the missing settings into defaults."""
-        path = self.file("config.toml")
+        path = self.file(runfiles.CONFIG)
         config = TrainConfig.from_dict(read_config_values(path), str(path))
         if END_OF_CONFIG not in path.read_text(encoding="utf-8"):
             raise CnnlabError(f"{path} is incomplete (its last line is missing); the run folder is damaged — restore "
@@ -111,13 +112,13 @@ class RunFolder:
         """Replace config.toml, e.g. when a resume changes --epochs."""
         if self.readonly:
             return
-        with self._writing("config.toml"), atomic_write(self.file("config.toml"), "w", remove_stale=True) as f:
+        with self._writing(runfiles.CONFIG), atomic_write(self.file(runfiles.CONFIG), "w", remove_stale=True) as f:
             f.write(config.to_toml())
 
     # -- metrics.csv ---------------------------------------------------------------------------------------------
     def metrics(self) -> list[dict]:
         """metrics.csv's rows as {column: cell text}."""
-        header, rows = read_metrics(self.file("metrics.csv"))
+        header, rows = read_metrics(self.file(runfiles.METRICS))
         return [dict(zip(header, cells)) for _, cells in rows]
 
     def append_metrics(self, row: dict, columns: list[str]) -> None:
@@ -125,11 +126,11 @@ class RunFolder:
         columns stays one table when resumed (the new columns are left out of it)."""
         if self.readonly:
             return
-        path = self.file("metrics.csv")
+        path = self.file(runfiles.METRICS)
         header, _ = read_metrics(path)
         new = not header
         columns = columns if new else header
-        with self._writing("metrics.csv"), open(path, "a", newline="", encoding="utf-8") as f:
+        with self._writing(runfiles.METRICS), open(path, "a", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
@@ -143,7 +144,7 @@ class RunFolder:
         """
         if self.readonly:
             return
-        path = self.file("metrics.csv")
+        path = self.file(runfiles.METRICS)
         header, rows = read_metrics(path)
         problem = _kept_rows_problem(header, rows, epochs)
         if problem:
@@ -151,13 +152,13 @@ class RunFolder:
                               f"the file, or start a new run with: cnnlab train --config {self.file('config.toml')} "
                               "--out NEW_FOLDER")
         if epochs == 0:  # nothing to keep (a header cut off by a kill included): the next append starts afresh
-            with self._writing("metrics.csv"):
+            with self._writing(runfiles.METRICS):
                 path.unlink(missing_ok=True)
             return
         if len(rows) == epochs and path.read_bytes().endswith(b"\n"):
             return
         # Under the folder's lock: a temporary a killed rewrite left is removed.
-        with self._writing("metrics.csv"), atomic_write(path, "w", remove_stale=True) as f:
+        with self._writing(runfiles.METRICS), atomic_write(path, "w", remove_stale=True) as f:
             writer = csv.writer(f)
             writer.writerow(header)
             writer.writerows(cells for _, cells in rows[:epochs])
@@ -165,14 +166,14 @@ class RunFolder:
     def log(self, line: str) -> None:
         if self.readonly:
             return
-        with self._writing("log.txt"), open(self.file("log.txt"), "a", encoding="utf-8") as f:
+        with self._writing(runfiles.LOG), open(self.file(runfiles.LOG), "a", encoding="utf-8") as f:
             f.write(line.rstrip("\n") + "\n")
 
     def write_summary(self, summary: dict) -> None:
         if self.readonly:
             return
         text = json.dumps(summary, indent=2, default=str) + "\n"
-        with self._writing("summary.json"), atomic_write(self.file("summary.json"), "w", remove_stale=True) as f:
+        with self._writing(runfiles.SUMMARY), atomic_write(self.file(runfiles.SUMMARY), "w", remove_stale=True) as f:
             f.write(text)
 
 

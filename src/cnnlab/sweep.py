@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from cnnlab import runfiles
 from cnnlab.config import TrainConfig, fit_to_epochs, read_toml
 from cnnlab.errors import CnnlabError
 from cnnlab.presets import find as find_preset
@@ -239,9 +240,9 @@ def plan(path, data_root=None, overrides: dict | None = None) -> Sweep:
 
 def run_state(folder: Path) -> str:
     """done (has summary.json), resume (has last.pt) or new: what starting the sweep again does with a run."""
-    if (folder / "summary.json").is_file():
+    if (folder / runfiles.SUMMARY).is_file():
         return "done"
-    return "resume" if (folder / "last.pt").is_file() else "new"
+    return "resume" if (folder / runfiles.LAST).is_file() else "new"
 
 
 def describe(sweep: Sweep) -> list[str]:

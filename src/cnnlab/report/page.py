@@ -17,7 +17,7 @@ from cnnlab.report.compare import (GROUP_IGNORED, IDENTITY, IGNORED, Stat, best_
                                    format_value, group_runs, grouped_table, primary_metric, results_table,
                                    run_metrics)
 from cnnlab.report.plots import factor_figures, plot_runs
-from cnnlab.report.runs import confused_pairs, load_runs
+from cnnlab.report.runs import CONFUSION_PNG, EVAL_JSON, confused_pairs, load_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEADERS = {"best_val_acc": "best val acc", "best_val_loss": "best val loss", "test_top1": "test top-1",
@@ -147,7 +147,7 @@ def _evaluation_blocks(run, tag: str) -> list[tuple]:
     if data.startswith(PNG_SIGNATURE):
         blocks.append(("img", f"confusion_{tag}.png", data, f"confusion matrix on the test split for {run.name}"))
     else:
-        blocks.append(("note", f"No confusion matrix: {run.path} has no readable confusion_test.png; run "
+        blocks.append(("note", f"No confusion matrix: {run.path} has no readable {CONFUSION_PNG}; run "
                                f"`cnnlab eval {run.path}` to make one."))
     reliability = run.reliability_png.read_bytes() if run.reliability_png else b""
     if run.ece is not None and reliability.startswith(PNG_SIGNATURE):
@@ -168,7 +168,7 @@ def _evaluation_blocks(run, tag: str) -> list[tuple]:
             blocks += [("p", "The most-confused pairs on the test split (true class → predicted class):"),
                        ("table", pairs)]
     else:
-        blocks.append(("note", "No per-class accuracy in the run folder (eval_test.json); left out."))
+        blocks.append(("note", f"No per-class accuracy in the run folder ({EVAL_JSON}); left out."))
     return blocks
 
 

@@ -9,17 +9,18 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cnnlab import runfiles
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import metrics_row_problem, read_config_values, read_metrics
 
-REQUIRED = ("config.toml", "metrics.csv", "summary.json")
-# `cnnlab eval` writes the confusion matrix here; the per-class file is optional (see `_per_class`).
-CONFUSION_PNG = "confusion_test.png"
-RELIABILITY_PNG = "reliability_test.png"
-FILTERS_PNG = "filters.png"  # the first layer's weights, and the most confident test mistakes (gallery.py)
-MISTAKES_PNG = "mistakes_test.png"
-EVAL_JSON = "eval_test.json"
+REQUIRED = (runfiles.CONFIG, runfiles.METRICS, runfiles.SUMMARY)
+# What `cnnlab eval` writes for the test split; the per-class file is optional (see `_per_class`).
+CONFUSION_PNG = runfiles.confusion("test")
+RELIABILITY_PNG = runfiles.reliability("test")
+FILTERS_PNG = runfiles.FILTERS
+MISTAKES_PNG = runfiles.mistakes("test")
+EVAL_JSON = runfiles.evaluation("test")
 
 
 @dataclass
