@@ -82,7 +82,7 @@ def test_no_import_circle_among_the_modules():
     assert circle is None, "import circle: " + " → ".join(circle)
 
 
-BOTTOM_TABLES = {"cnnlab.optimizers"}  # torch-free tables config.py reads its choices and help from
+BOTTOM_TABLES = {"cnnlab.optimizers", "cnnlab.datasets"}  # torch-free tables config.py reads its choices and help from
 
 
 def test_the_settings_import_nothing_of_cnnlab_but_its_errors_and_the_tables_beside_it():

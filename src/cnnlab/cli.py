@@ -10,11 +10,12 @@ from typing import Callable, NamedTuple
 
 from cnnlab import __version__, presets
 from cnnlab.config import TrainConfig, coerce, fit_to_epochs, read_toml
+from cnnlab.datasets import DATASETS
 from cnnlab.errors import CnnlabError
 
 # Each command is a pair: `_add_X` declares its arguments, `_run_X` does the work and imports what the work needs
-# when it runs. Registering them takes only the settings and the presets (torch-free, at the bottom of the package),
-# so `cnnlab --help`, `presets` and `data info` start without torch and matplotlib (together ~2 s on 2 cores), as
+# when it runs. Registering them takes only the settings, the presets and the table of datasets (torch-free, at the
+# bottom of the package), so `cnnlab --help`, `presets` and `data info` start without torch and matplotlib (together ~2 s on 2 cores), as
 # tests/test_cli.py checks. A new command is a row of COMMANDS; a new `data` action a row of DATA_ACTIONS.
 
 
@@ -301,7 +302,8 @@ def _add_dataset(parser) -> None:
     """What `data info` and `data prepare` take: a dataset's files and how to read them."""
     parser.add_argument("path", nargs="?", help="the dataset's folder or archive (with --download: where to save "
                                                 "it); without it, --dataset's copy in the data home")
-    parser.add_argument("--dataset", help="cifar10, cifar100, tinyimagenet, imagenet, mnist (default: detected)")
+    parser.add_argument("--dataset", help=", ".join(s.name for s in DATASETS.values() if not s.generated)
+                        + " (default: detected)")
     parser.add_argument("--data-root", metavar="DIR", help="the data home to look in without PATH (default: "
                                                            "$CNNLAB_DATA, else ~/.cache/cnnlab/datasets)")
     parser.add_argument("--labels", default="fine", help="CIFAR-100 label set: fine (100) or coarse (20)")
@@ -416,9 +418,8 @@ def _add_home(parser) -> None:
 
 
 def _add_fetch(parser) -> None:
-    from cnnlab.data.official import OFFICIAL
-
-    parser.add_argument("names", nargs="+", metavar="NAME", help=f"the datasets to fetch: {', '.join(OFFICIAL)}")
+    fetchable = ", ".join(s.name for s in DATASETS.values() if s.official)
+    parser.add_argument("names", nargs="+", metavar="NAME", help=f"the datasets to fetch: {fetchable}")
     _add_home(parser)
 
 

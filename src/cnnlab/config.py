@@ -4,7 +4,7 @@ Precedence: dataclass defaults < `--config FILE` (or a preset's name, see cnnlab
 flags. Validation happens once, in `validate()`, and names the field and what it allows; the model's and the
 dataset's names are checked where their registries are known (`cnnlab.build.validate_config`), so that this module,
 at the bottom of the package, imports nothing but cnnlab.errors and the torch-free tables beside it
-(cnnlab.optimizers).
+(cnnlab.optimizers, cnnlab.datasets).
 """
 
 import json
@@ -13,8 +13,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from cnnlab.errors import CnnlabError
-from cnnlab.optimizers import OPTIMIZERS, one_of
+from cnnlab.datasets import DATASETS
+from cnnlab.errors import CnnlabError, one_of
+from cnnlab.optimizers import OPTIMIZERS
 
 
 END_OF_CONFIG = "# end of cnnlab config"  # lets a reader tell a complete config.toml from a truncated one
@@ -37,8 +38,7 @@ class TrainConfig:
     activation: str | None = _f(None, "MLP activation: relu, sigmoid or tanh")
     batch_norm: bool | None = _f(None, "MLP batch norm between affine map and activation")
     # data
-    dataset: str | None = _f(None, "cifar10, cifar100, tinyimagenet, imagenet, mnist or synthetic-linear "
-                                   "(default: detected from --data)")
+    dataset: str | None = _f(None, one_of(DATASETS) + " (default: detected from --data)")
     data: str | None = _f(None, "the dataset's folder or archive (default: --dataset's files found in the data "
                                 "home, see --data-root)")
     data_root: str | None = _f(None, "the data home: the folder where --dataset NAME is looked for when --data is "

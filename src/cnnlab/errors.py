@@ -23,3 +23,9 @@ def check_positive_int(field: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise CnnlabError(f"{field} must be a positive integer, got {value!r}")
     return value
+
+
+def one_of(names) -> str:
+    """'a, b or c': how a help string lists choices."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

@@ -43,9 +43,3 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {s.name: s for s in [
     OptimizerSpec("sgd", "sgd (momentum v = βv + g, W -= αv)", _sgd, None, _describe_sgd),
     OptimizerSpec("adamw", "adamw", _adamw, 1e-3, lambda config: " with AdamW"),
 ]}
-
-
-def one_of(names) -> str:
-    """'a, b or c': how a help string lists choices."""
-    names = list(names)
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import TrainConfig
-from cnnlab.data import DATASETS, check_imagenet_root, detect_dataset, home, load_dataset, split_train_val
+from cnnlab.data import DATASETS, STREAMED, check_imagenet_root, detect_dataset, home, load_dataset, split_train_val
 from cnnlab.data.loader import PRESETS, Augment, DeviceLoader, augment_preset, channel_stats
 from cnnlab.data.stream import StreamingImageFolder, StreamLoader
 from cnnlab.distributed import Dist
@@ -43,7 +43,7 @@ def resolve_data(config: TrainConfig, say=print) -> TrainConfig:
     config.data = str(path.resolve())
     if config.cache_dir is not None:
         config.cache_dir = str(Path(config.cache_dir).expanduser().resolve())
-    if config.dataset == "imagenet":
+    if config.dataset in STREAMED:
         check_imagenet_root(path)
         return config
     found = detect_dataset(path, config.cache_dir)
@@ -126,7 +126,7 @@ def _batch_sizes(config: TrainConfig, n_train: int) -> tuple[int, int]:
 
 def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32, d: Dist = Dist()) -> Data:
     """Load (cached) or stream, take the subset, hold out the stratified validation split, build the loaders."""
-    data = (_streamed_data if config.dataset == "imagenet" else _resident_data)(config, device, dtype, d)
+    data = (_streamed_data if config.dataset in STREAMED else _resident_data)(config, device, dtype, d)
     data.train.full_batch, data.train.accumulate = config.full_batch, config.accumulate
     data.notes.update(val_size=data.val.num_examples if data.val else 0, val_seed=config.seed)
     return data

@@ -22,12 +22,14 @@ from cnnlab.data.folder import list_tree
 from cnnlab.data.formats import IMAGE_FOLDER, detect, guess_folder_dataset
 from cnnlab.data.source import open_source
 from cnnlab.data.synthetic import synthetic_linear
+from cnnlab.datasets import DATASETS as SPECS
 from cnnlab.errors import CnnlabError, check_choice
 
-DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagenet", "mnist", "synthetic-linear")
+# Views of the one table of datasets (cnnlab.datasets), under the names the package has always used.
+DATASETS = tuple(SPECS)
 # How many classes a dataset has, to catch a folder passed under the wrong name (CIFAR-100: fine or coarse).
-CLASS_COUNTS = {"cifar10": (10,), "cifar100": (100, 20), "tinyimagenet": (200,), "mnist": (10,)}
-STREAMED = ("imagenet",)
+CLASS_COUNTS = {s.name: s.class_counts for s in SPECS.values() if s.class_counts}
+STREAMED = tuple(s.name for s in SPECS.values() if s.streamed)
 
 __all__ = ["DATASETS", "Dataset", "Split", "dataset_info", "detect_dataset", "load_dataset",
            "split_train_val", "synthetic_linear"]

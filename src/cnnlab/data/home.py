@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.data.official import OFFICIAL, checksum_status, download  # noqa: F401 — OFFICIAL for callers
+from cnnlab.datasets import DATASETS, Copy  # noqa: F401 — Copy for callers
 from cnnlab.errors import CnnlabError
 
 ENV = "CNNLAB_DATA"
@@ -25,62 +26,8 @@ class Missing(CnnlabError):
     """The data home, or the dataset in it, is not there (what --download fetches instead)."""
 
 
-@dataclass(frozen=True)
-class Copy:
-    """A file or folder name in the data home, and what a run on it is a run on."""
-    name: str
-    kind: str  # official | official, extracted | subset | re-encoded | folder
-    about: str
-    archive_of: str = ""  # an extracted folder: the official archive it comes from (the two must agree)
-    short: str = ""  # how a results table names a copy that is not the official set: "train100 subset"
-
-    @property
-    def official(self) -> bool:
-        return self.kind.startswith("official")
-
-
-# dataset → its copies in the order they are taken: the official archive (or files), its extracted folder, then
-# the copies that are not the official set, whose results must say so.
-COPIES = {
-    "cifar10": [
-        Copy("cifar-10-python.tar.gz", "official", "CIFAR-10, python version"),
-        Copy("cifar-10-batches-py", "official, extracted", "CIFAR-10, python version",
-             archive_of="cifar-10-python.tar.gz"),
-        Copy("cifar-10-binary.tar.gz", "official", "CIFAR-10, binary version"),
-        Copy("cifar-10-batches-bin", "official, extracted", "CIFAR-10, binary version",
-             archive_of="cifar-10-binary.tar.gz"),
-        Copy("cifar10-jpeg.tar.gz", "re-encoded", "all of CIFAR-10 as JPEG (quality 75): accuracies sit "
-                                                   "~3.5 points below published CIFAR-10 numbers; compare runs on it "
-                                                   "side by side only", short="JPEG copy"),
-    ],
-    "cifar100": [
-        Copy("cifar-100-python.tar.gz", "official", "CIFAR-100, python version"),
-        Copy("cifar-100-python", "official, extracted", "CIFAR-100, python version",
-             archive_of="cifar-100-python.tar.gz"),
-        Copy("cifar-100-binary.tar.gz", "official", "CIFAR-100, binary version"),
-        Copy("cifar-100-binary", "official, extracted", "CIFAR-100, binary version",
-             archive_of="cifar-100-binary.tar.gz"),
-    ],
-    "tinyimagenet": [
-        Copy("tiny-imagenet-200.zip", "official", "Tiny ImageNet (100,000 training images, its 10,000 labelled val "
-                                                  "images as the test split)"),
-        Copy("tiny-imagenet-200", "official, extracted", "Tiny ImageNet", archive_of="tiny-imagenet-200.zip"),
-        Copy("tiny-imagenet-200-train100.tar.gz", "subset", "train100: 100 training images per class (a fifth) and "
-                                                            "5,000 of the 10,000 val images; results are train100 "
-                                                            "results, not Tiny ImageNet results",
-             short="train100 subset"),
-        Copy("tiny-imagenet-200-sample.tar.gz", "subset", "sample: 10 training images per class and 1,000 val "
-                                                          "images; not Tiny ImageNet results", short="sample subset"),
-    ],
-    "mnist": [
-        Copy("mnist", "official", "MNIST, its four idx files (what `cnnlab data fetch mnist` writes)"),
-        Copy("MNIST/raw", "official", "MNIST, its four idx files in torchvision's folder"),
-        Copy("mnist-png.tar.gz", "re-encoded", "all of MNIST as lossless PNG (the same pixels)", short="PNG copy"),
-    ],
-    "imagenet": [
-        Copy("imagenet", "folder", "ImageNet as train/<wnid>/ and val/<wnid>/ folders, streamed"),
-    ],
-}
+# dataset → its copies in the order they are taken (see cnnlab.datasets, where each dataset's row lists them).
+COPIES = {s.name: list(s.copies) for s in DATASETS.values() if s.copies}
 DATASET_NAMES = tuple(COPIES)
 
 

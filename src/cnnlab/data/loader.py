@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from cnnlab.data.autoaugment import auto_augment
 from cnnlab.data.mix import Mixer
+from cnnlab.datasets import DATASETS
 from cnnlab.errors import CnnlabError
 
 
@@ -43,11 +44,8 @@ class Augment:
     mix_prob: float = 1.0
 
 
-PRESETS = {
-    "cifar10": Augment(crop_padding=4, flip=True),
-    "cifar100": Augment(crop_padding=4, flip=True),
-    "tinyimagenet": Augment(crop_padding=8, flip=True),
-    "mnist": Augment(),  # flipped digits are other digits
+# Each dataset's own preset comes from its row in cnnlab.datasets; then the presets of no one dataset.
+PRESETS = {s.name: Augment(**s.augment) for s in DATASETS.values() if s.augment is not None} | {
     "images": Augment(crop_padding=4, flip=True),
     "speedrun": Augment(crop_padding=2, flip=True, reflect=True, alternate_flip=True),  # 2-pixel shifts, mirrored
     "none": Augment(),

@@ -7,25 +7,14 @@ import urllib.request
 from pathlib import Path
 
 from cnnlab.atomic import atomic_write
+from cnnlab.datasets import DATASETS
 from cnnlab.errors import CnnlabError
 
-# dataset → [(file name, [addresses, official first], published MD5)]
-OFFICIAL = {
-    "cifar10": [("cifar-10-python.tar.gz", ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"],
-                 "c58f30108f718f92721af3b95e74349a")],
-    "cifar100": [("cifar-100-python.tar.gz", ["https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"],
-                  "eb9058c3a382ffc7106e4002c42a8d85")],
-    "tinyimagenet": [("tiny-imagenet-200.zip", ["http://cs231n.stanford.edu/tiny-imagenet-200.zip"],
-                      "90528d7ca1a48142e341f4ef8d21d0de")],
-    "mnist": [(f, [f"http://yann.lecun.com/exdb/mnist/{f}", f"https://ossci-datasets.s3.amazonaws.com/mnist/{f}"],
-               md5) for f, md5 in [
-        ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-        ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
-        ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
-        ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c")]],
-}
+# dataset → [(file name, [addresses, official first], published MD5)], from the table of datasets. A dict of lists
+# read when asked, so that tests may serve the files from elsewhere.
+OFFICIAL = {s.name: list(s.official) for s in DATASETS.values() if s.official}
 # Official archives recognised, though --download fetches others (the binary CIFAR-10 for the python one).
-OTHER_MD5 = {"c32a1d4ab5d03f1284b67883e8d87530": "cifar-10-binary.tar.gz"}
+OTHER_MD5 = {md5: name for s in DATASETS.values() for md5, name in s.other_official.items()}
 
 
 def known_md5() -> dict[str, str]:
