@@ -1,13 +1,18 @@
 """One plain training loop. `fit` builds a run (`build.start`), then each epoch trains, evaluates, records a
 metrics.csv row and checkpoints (`run_epoch`), then `finish` tests the best weights and writes the summary.
 
-What a checkpoint restores is one object, `TrainState` (state.py); what stays fixed through a run is one `Setup`
-(build.py). The few things that vary are small objects the loop calls: EarlyStopping, Lookahead, the run folder.
+One optimizer step reads top to bottom here: `train_step` (zero the gradients, forward and backward per batch) and,
+after a step's last batch, `optimizer_step` (clip → optimizer, through the fp16 loss scaler → schedule → Lookahead
+→ EMA). What a checkpoint restores is one object, `TrainState` (state.py); what stays fixed through a run is one
+`Setup` (build.py). The few things that vary are small objects the loop calls: EarlyStopping, Lookahead, the
+weights' EMA, StopRequest (SIGINT/SIGTERM), TensorBoardLog, the run folder.
 """
 
 import contextlib
 import math
+import re
 import time
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -58,7 +63,37 @@ def train_step(setup: Setup, state: TrainState, x, y, global_n: int, first: bool
         state.optimizer.zero_grad(set_to_none=True)
     with distributed.gradient_sync(setup.train_model, last):
         loss, out = forward_backward(setup, state, x, y, len(y) * setup.d.world_size / global_n)
-    return loss, out, state.step() if last else None
+    return loss, out, optimizer_step(state) if last else None
+
+
+def optimizer_step(state: TrainState) -> torch.Tensor | None:
+    """One optimizer step on the gradients accumulated since the last: clip them (when asked), step (through the
+    fp16 loss scaler), then the schedule, Lookahead and the EMA. Returns the gradients' global norm before
+    clipping (None without clipping)."""
+    norm = None
+    if state.clip_grad_norm:
+        # Under fp16 the gradients are still multiplied by the loss scale: clip the true ones. The scaler notes the
+        # unscaling and does not repeat it in its step (and it is a no-op when fp16 loss scaling is off).
+        state.scaler.unscale_(state.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), state.clip_grad_norm)
+    if state.scaler.is_enabled():
+        # A step whose gradients overflowed is skipped and the scale lowered. The scale is a device tensor;
+        # comparing it there costs no host sync (get_scale() would, every step).
+        before = state.scaler._scale.clone()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.add_skipped((state.scaler._scale < before).sum())
+    else:
+        state.optimizer.step()
+    with warnings.catch_warnings():
+        # The schedule counts steps, skipped ones too; torch warns when the very first step was skipped.
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+        state.scheduler.step()
+    if state.lookahead is not None:
+        state.lookahead.step(state.scheduler.last_epoch)
+    if state.ema is not None:
+        state.ema.update(state.model)  # after Lookahead: the average follows the weights training goes on from
+    return norm
 
 
 def step_function(config: TrainConfig, model, device: torch.device, steps_per_epoch: int = 1):

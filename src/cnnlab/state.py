@@ -8,9 +8,6 @@ without knowing how they were made: with --ema-decay these are the averaged weig
 optimizer steps travel as "raw_model" beside the average's state ("ema"), for resuming.
 """
 
-import re
-import warnings
-
 import torch
 
 from cnnlab.averaging import EMA, Lookahead
@@ -25,7 +22,8 @@ class TrainState:
     """Model, optimizer, schedule, early stopping, Lookahead, the weights' EMA, the random streams (torch, CUDA,
     the training loader's), the completed epochs, the best epoch so far, and — when a run stopped inside an epoch —
     its position there (`{"epoch", "batch", "order", "sums", "lr"}`: lr is the one the epoch started with).
-    `clip_grad_norm` (0: off) is the global gradient norm each optimizer step clips to."""
+    `clip_grad_norm` (0: off) is the global gradient norm each optimizer step clips to. State only: the step
+    that moves it is `engine.optimizer_step`."""
 
     def __init__(self, model, optimizer, scheduler, loader, monitor: Monitor,
                  early: EarlyStopping | None = None, lookahead: Lookahead | None = None,
@@ -89,42 +87,10 @@ class TrainState:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.best, self.position = state["epoch"], state["best"], state["position"]
 
-    def step(self) -> torch.Tensor | None:
-        """One optimizer step on the gradients accumulated since the last: clip them (when asked), step, then the
-        schedule, Lookahead and the EMA. Returns the gradients' global norm before clipping (None without)."""
-        norm = self._clip()
-        self._optimizer_step()
-        with warnings.catch_warnings():
-            # The schedule counts steps, skipped ones too; torch warns when the very first step was skipped.
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
-            self.scheduler.step()
-        if self.lookahead is not None:
-            self.lookahead.step(self.scheduler.last_epoch)
-        if self.ema is not None:
-            self.ema.update(self.model)  # after Lookahead: the average follows the weights training goes on from
-        return norm
-
-    def _clip(self) -> torch.Tensor | None:
-        """Clip the gradients' global L2 norm to clip_grad_norm; return the norm before clipping, on the device."""
-        if not self.clip_grad_norm:
-            return None
-        # Under fp16 the gradients are still multiplied by the loss scale: clip the true ones. The scaler notes the
-        # unscaling and does not repeat it in its step (and it is a no-op when fp16 loss scaling is off).
-        self.scaler.unscale_(self.optimizer)
-        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
-
-    def _optimizer_step(self) -> None:
-        """The optimizer's step, through the loss scaler under fp16: a step whose gradients overflowed is skipped
-        and the scale lowered."""
-        if self.scaler.is_enabled():
-            # The scale is a device tensor; comparing it there costs no host sync (get_scale() would, every step).
-            before = self.scaler._scale.clone()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            skipped = (self.scaler._scale < before).sum()
-            self._skipped = skipped if self._skipped is None else self._skipped + skipped
-        else:
-            self.optimizer.step()
+    def add_skipped(self, skipped: torch.Tensor) -> None:
+        """Count optimizer steps fp16 loss scaling skipped, as a device tensor (reading it would wait for the
+        device every step); `skipped_this_epoch` reads it."""
+        self._skipped = skipped if self._skipped is None else self._skipped + skipped
 
     def skipped_this_epoch(self) -> int:
         return int(self._skipped) if self._skipped is not None else 0
