@@ -203,8 +203,7 @@ def test_accumulating_k_batches_is_one_step_on_the_k_times_batch_the_short_last_
 
 def test_the_recipe_scales_the_lr_to_the_accumulated_batch():
     accumulated, large = TrainConfig(batch_size=32, accumulate=4), TrainConfig(batch_size=128)
-    apply_recipe(accumulated)
-    apply_recipe(large)
+    (accumulated, _), (large, _) = apply_recipe(accumulated), apply_recipe(large)
     assert accumulated.lr == large.lr and accumulated.step_batch == 128
 
 

@@ -23,7 +23,9 @@ def args(*argv):
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_has_a_recipe_that_fills_every_open_setting(name):
     config = TrainConfig(model=name)
-    filled = apply_recipe(config)
+    filled_config, filled = apply_recipe(config)
+    assert config.lr is None  # what was asked stays as asked
+    config = filled_config
     assert set(filled) == set(FIELDS) and all(getattr(config, f) is not None for f in FIELDS)
     config.validate()
 
@@ -42,34 +44,31 @@ def test_a_model_registered_without_a_recipe_names_the_flags_to_give(monkeypatch
                                           "--label-smoothing"):
         apply_recipe(TrainConfig(model="resnet18"))
     config = TrainConfig(model="resnet18", lr=0.1, weight_decay=0.0, schedule="constant", label_smoothing=0.0)
-    assert apply_recipe(config) == {}  # everything given: no recipe needed
+    assert apply_recipe(config) == (config, {})  # everything given: no recipe needed
 
 
 @pytest.mark.parametrize("batch, factor", [(128, 1), (64, 0.5), (256, 2), (1, 1 / 128), (1024, 8), (4096, 8),
                                            ("all", 8)])
 def test_sgd_lr_scales_linearly_with_the_batch_up_to_1024(batch, factor):
-    config = TrainConfig(model="resnet18", batch_size=batch)
-    apply_recipe(config)
+    config, _ = apply_recipe(TrainConfig(model="resnet18", batch_size=batch))
     assert config.lr == pytest.approx(recipe_of("resnet18").lr * factor, rel=2e-3)  # 3 significant digits
 
 
 @pytest.mark.parametrize("features, lr", [(3072, 0.02), (784, 0.0784), (12288, 0.005), (None, 0.02)])
 def test_softmax_lr_falls_with_the_input_size(features, lr):
-    config = TrainConfig(model="softmax", lr=None)
-    apply_recipe(config, input_features=features)
+    config, _ = apply_recipe(TrainConfig(model="softmax", lr=None), input_features=features)
     assert config.lr == pytest.approx(lr * recipe_of("softmax").lr / 0.02, rel=2e-3)
 
 
 def test_adamw_gets_its_own_lr_at_any_batch():
-    config = TrainConfig(model="resnet18", optimizer="adamw", batch_size=512)
-    apply_recipe(config)
+    config, _ = apply_recipe(TrainConfig(model="resnet18", optimizer="adamw", batch_size=512))
     assert config.lr == OPTIMIZERS["adamw"].default_lr == 1e-3
 
 
 def test_what_the_user_set_is_never_replaced(tmp_path):
     (tmp_path / "c.toml").write_text('model = "resnet18"\nweight_decay = 0.0\n')
     config = args("--config", str(tmp_path / "c.toml"), "--lr", "0.3", "--schedule", "constant")
-    filled = apply_recipe(config)
+    config, filled = apply_recipe(config)
     assert set(filled) == {"label_smoothing"}
     assert (config.lr, config.weight_decay, config.schedule) == (0.3, 0.0, "constant")
 
@@ -77,7 +76,7 @@ def test_what_the_user_set_is_never_replaced(tmp_path):
 def test_the_seeds_plain_method_is_one_set_of_flags_away():
     config = args("--model", "vgg11", "--lr", "0.01", "--schedule", "constant", "--weight-decay", "0",
                   "--label-smoothing", "0")
-    assert apply_recipe(config) == {}
+    assert apply_recipe(config) == (config, {})
 
 
 def test_the_run_log_and_config_toml_say_what_the_recipe_chose(tmp_path, capsys):

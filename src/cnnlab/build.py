@@ -9,7 +9,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -75,9 +75,12 @@ def model_options(config: TrainConfig, image_shape: tuple, num_classes: int, tas
 
 @dataclass
 class Setup:
-    """What stays fixed through a run: its settings, data, device, folder, and how a step computes."""
+    """What a run is built with, once, in `start`: its settings (as asked and as resolved), data, device, folder,
+    how a step computes, and two outlets the loop writes through: the device flag of the first non-finite loss
+    (updated in place each batch, read at the epoch's end) and, with --tensorboard, its log (attached once the
+    state is restored, because a resumed log starts at the restored step)."""
 
-    config: TrainConfig
+    config: TrainConfig  # resolved: the data's copy, the recipe's settings and the run folder filled in
     data: Data
     device: torch.device
     run: RunFolder
@@ -92,6 +95,7 @@ class Setup:
     init_seconds: float | None = None  # time of the model's init_from_data, when it has one
     nonfinite_step: torch.Tensor | None = None  # first step whose loss was NaN/inf (-1: none), kept on the device
     tensorboard: TensorBoardLog | None = None  # with --tensorboard, in the process that writes the run folder
+    asked: TrainConfig | None = None  # the config as given (a resumed run: its config.toml, with new --epochs)
 
     @property
     def tta(self) -> str:
@@ -134,7 +138,10 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
     run, checkpoint, rewrite_config = None, None, False
     if resume:
         run, checkpoint, config, rewrite_config = _reopen(resume, config, d, stack)
-    resolve_data(validate_config(config), say=print if d.is_main else lambda line: None)
+    # Resolved once, here, as new objects: `asked` stays what the user gave; `config` gains the data's copy, the
+    # recipe's settings and the run folder's path (config.toml saves it; the log says what each step filled in).
+    asked = validate_config(config)
+    config = resolve_data(asked, say=print if d.is_main else lambda line: None)
     if config.tensorboard:
         summary_writer()  # a missing package is one line now, before anything is built or written
     device = _device(config, d)
@@ -147,7 +154,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
     wall_start = time.perf_counter()
     data = build_data(config, device, d=d)
     # What the user left open, from the model's recipe (a resumed run's config.toml is complete: nothing to fill).
-    recipe = apply_recipe(config, input_features=math.prod(data.image_shape))
+    config, recipe = apply_recipe(config, input_features=math.prod(data.image_shape))
     options = model_options(config, data.image_shape, len(data.classes) or 1, data.task)
     model = _model(options, device)
     if has_batch_norm(model):
@@ -162,8 +169,8 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
     if config.sync_bn and d.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if run is None:
-        run = _create_run(config, d, stack)
-    setup = Setup(config=config, data=data, device=device, run=run, options=options,
+        run, config = _create_run(config, d, stack)
+    setup = Setup(config=config, asked=asked, data=data, device=device, run=run, options=options,
                   train_model=_train_model(model, config, device, d),
                   criterion=loss_fn(data.task, config.label_smoothing),
                   autocast=precision.autocast(device), precision=precision, threads=threads,
@@ -227,7 +234,7 @@ def _tensorboard(setup: Setup, resumed_at: int | None, stack) -> TensorBoardLog:
 def bare_setup(config: TrainConfig, model, device: torch.device, steps_per_epoch: int = 1,
                task: str = "classification") -> tuple[Setup, TrainState]:
     """Setup and TrainState for stepping `model` as `start` would, without data or a run folder (benchmarks)."""
-    apply_recipe(config)
+    config, _ = apply_recipe(config)
     model = _memory_format(model.to(device), config.model, device)
     precision = resolve_precision(config.precision, device, model_info(config.model).channels_last)
     setup = Setup(config=config, data=None, device=device, run=None, options={},
@@ -260,8 +267,8 @@ def _reopen(resume: str, config: TrainConfig | None, d: Dist, stack):
     epochs = config.epochs if config is not None else None
     config = run.config()
     if epochs is not None and epochs != config.epochs:
-        config.epochs = epochs  # written once the run's files have passed their checks
-        return run, checkpoint, config, True
+        # written once the run's files have passed their checks
+        return run, checkpoint, replace(config, epochs=epochs), True
     return run, checkpoint, config, False
 
 
@@ -293,11 +300,13 @@ def _init_from_data(model, data: Data, config: TrainConfig, options: dict) -> fl
     return round(time.perf_counter() - begin, 4)
 
 
-def _create_run(config: TrainConfig, d: Dist, stack) -> RunFolder:
-    config.out = broadcast(config.out or default_run_path(config), d)  # one folder, named by rank 0
+def _create_run(config: TrainConfig, d: Dist, stack) -> tuple[RunFolder, TrainConfig]:
+    """The new run's folder, locked, and the config with its path as `out`."""
+    config = replace(config, out=broadcast(config.out or default_run_path(config), d))  # one folder, named by rank 0
     if d.is_main:
-        return stack.enter_context(RunFolder.create(config).lock())
-    return RunFolder(config.out, readonly=True)
+        run = stack.enter_context(RunFolder.create(config).lock())
+        return run, replace(config, out=str(run.path))
+    return RunFolder(config.out, readonly=True), config
 
 
 def _train_model(model, config: TrainConfig, device: torch.device, d: Dist):

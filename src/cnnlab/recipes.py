@@ -11,7 +11,7 @@ times --accumulate. Softmax regression's lr also falls with the input size (Reci
 its usual 1e-3 at any batch size (OptimizerSpec.default_lr).
 """
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models import model_info
@@ -43,12 +43,13 @@ def batch_scaled_lr(base: float, batch_size: int | str) -> float:
     return base * batch / REFERENCE_BATCH
 
 
-def apply_recipe(config, input_features: int | None = None) -> dict:
-    """Fill the TrainConfig settings left at None from the model's recipe; return {setting: value} filled.
-    `input_features`: the size of one input (C·H·W), for the recipes whose lr depends on it."""
+def apply_recipe(config, input_features: int | None = None) -> tuple:
+    """(a copy of the TrainConfig with the settings left at None filled from the model's recipe, {setting: value}
+    filled); `config` itself is left as asked. `input_features`: the size of one input (C·H·W), for the recipes
+    whose lr depends on it."""
     open_settings = [name for name in FIELDS if getattr(config, name) is None]
     if not open_settings:
-        return {}
+        return config, {}
     recipe = recipe_of(config.model)
     values = asdict(recipe)
     fixed_lr = OPTIMIZERS[config.optimizer].default_lr
@@ -61,9 +62,7 @@ def apply_recipe(config, input_features: int | None = None) -> dict:
             lr *= recipe.lr_reference_inputs / input_features
         values["lr"] = float(f"{lr:.3g}")
     filled = {name: values[name] for name in open_settings}
-    for name, value in filled.items():
-        setattr(config, name, value)
-    return filled
+    return replace(config, **filled), filled
 
 
 def describe(model: str, filled: dict) -> str:

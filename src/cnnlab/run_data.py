@@ -2,6 +2,7 @@
 into train / validation / test and wrapped in loaders with the run's augmentation (`build_data` → `Data`).
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,12 +30,13 @@ def resolve_data(config: TrainConfig, say=print) -> TrainConfig:
     """Check the run's data before anything is built: --data, else --dataset's copy in the data home (fetched there
     first under --download); the path exists, holds the dataset named (or detect which one it holds), and is stored
     absolute, so `cnnlab eval RUN` works from any folder. Cheap: no image decoded, nothing fetched but what
-    --download must.
+    --download must. Returns the resolved copy (data, dataset, cache_dir filled in); `config` stays as asked.
 
     Sweeps call this for every planned run before the first one starts.
     """
     if config.dataset == "synthetic-linear":
         return config
+    config = dataclasses.replace(config)
     _find_copy(config, say)
     path = Path(config.data).expanduser()
     if not path.exists():

@@ -189,7 +189,7 @@ def _resolve(config: TrainConfig, seen: dict) -> str:
     key = (config.data, config.data_root, config.dataset, config.cache_dir, config.download)  # what it reads
     if key not in seen:
         said = []
-        done = resolve_data(dataclasses.replace(config), say=said.append)
+        done = resolve_data(config, say=said.append)
         seen[key] = (done.data, done.dataset, done.cache_dir, " ".join(said).removeprefix("data: "))
     config.data, config.dataset, config.cache_dir, note = seen[key]
     return note
