@@ -1,8 +1,8 @@
-"""What a run builds before its loop: its data (run_data.py: checked paths, loaders), the device, the model, the
-run folder, and the two objects the loop works with — `Setup` (fixed through the run) and `TrainState` (what a checkpoint
-restores). `start` does it in that order, so bad input fails before anything is written.
+"""What a run builds before its loop — not `cnnlab data prepare`, which only fills the dataset cache.
 
-(Not to be confused with `cnnlab data prepare`, which only fills the dataset cache.)
+Its data (run_data.py: checked paths, loaders), the device, the model, the run folder, and the two objects the loop
+works with: `Setup` (built once) and `TrainState` (what a checkpoint restores). `start` does it in that order, so bad
+input fails before anything is written, and resolves the config once on the way (data copy, recipe, run folder).
 """
 
 import math

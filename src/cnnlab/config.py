@@ -1,7 +1,8 @@
 """Every training setting in one typed dataclass: TOML in, TOML out; cli.py generates a flag from each field.
 
 Precedence: dataclass defaults < `--config FILE` (or a preset's name, see cnnlab.presets) < explicit command-line
-flags. Validation happens once, in `validate()`, and names the field and what it allows; the model's and the
+flags; then, for lr, weight_decay, schedule and label_smoothing left at None by all three, the model's default
+recipe (recipes.py, at the start of a run). Validation happens once, in `validate()`, and names the field and what it allows; the model's and the
 dataset's names are checked where their registries are known (`cnnlab.build.validate_config`), so that this module,
 at the bottom of the package, imports nothing but cnnlab.errors and the torch-free tables beside it
 (cnnlab.optimizers, cnnlab.datasets).
