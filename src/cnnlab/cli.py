@@ -15,8 +15,9 @@ from cnnlab.errors import CnnlabError
 
 # Each command is a pair: `_add_X` declares its arguments, `_run_X` does the work and imports what the work needs
 # when it runs. Registering them takes only the settings, the presets and the table of datasets (torch-free, at the
-# bottom of the package), so `cnnlab --help`, `presets` and `data info` start without torch and matplotlib (together ~2 s on 2 cores), as
-# tests/test_cli.py checks. A new command is a row of COMMANDS; a new `data` action a row of DATA_ACTIONS.
+# bottom of the package), so `cnnlab --help`, `presets` and `data info` start without torch and matplotlib
+# (together ~2 s on 2 cores), as tests/test_cli.py checks. A new command is a row of COMMANDS; a new `data` action
+# a row of DATA_ACTIONS.
 
 
 # -- models -------------------------------------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 Precedence: dataclass defaults < `--config FILE` (or a preset's name, see cnnlab.presets) < explicit command-line
 flags; then, for lr, weight_decay, schedule and label_smoothing left at None by all three, the model's default
-recipe (recipes.py, at the start of a run). Validation happens once, in `validate()`, and names the field and what it allows; the model's and the
-dataset's names are checked where their registries are known (`cnnlab.build.validate_config`), so that this module,
-at the bottom of the package, imports nothing but cnnlab.errors and the torch-free tables beside it
-(cnnlab.optimizers, cnnlab.datasets).
+recipe (recipes.py, at the start of a run). Validation happens once, in `validate()`, and names the field and
+what it allows; the model's and the dataset's names are checked where their registries are known
+(`cnnlab.build.validate_config`), so that this module, at the bottom of the package, imports nothing but
+cnnlab.errors and the torch-free tables beside it (cnnlab.optimizers, cnnlab.datasets).
 """
 
 import json

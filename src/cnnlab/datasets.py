@@ -4,9 +4,9 @@ file format, a reader in data/formats.py).
 
 Everything else reads this table: data/__init__ (names, class counts, streamed), data/official.py (downloads and
 MD5s), data/home.py (the data home's file names, in the order they are taken), data/loader.py (augmentation
-presets), config.py and cli.py (help strings). Torch- and numpy-free, importing nothing of cnnlab, because `cnnlab --help`,
-`presets` and `data list` must start without torch; it sits beside config.py at the bottom of the package and not
-in data/, whose package imports numpy.
+presets), config.py and cli.py (help strings). Torch- and numpy-free, importing nothing of cnnlab, because
+`cnnlab --help`, `presets` and `data list` must start without torch; it sits beside config.py at the bottom of the
+package and not in data/, whose package imports numpy.
 """
 
 from dataclasses import dataclass, field
@@ -62,9 +62,8 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
             Copy("cifar-10-binary.tar.gz", "official", "CIFAR-10, binary version"),
             Copy("cifar-10-batches-bin", "official, extracted", "CIFAR-10, binary version",
                  archive_of="cifar-10-binary.tar.gz"),
-            Copy("cifar10-jpeg.tar.gz", "re-encoded", "all of CIFAR-10 as JPEG (quality 75): accuracies sit "
-                                                       "~3.5 points below published CIFAR-10 numbers; compare runs on it "
-                                                       "side by side only", short="JPEG copy"),
+            Copy("cifar10-jpeg.tar.gz", "re-encoded", "all of CIFAR-10 as JPEG (quality 75): accuracies sit ~3.5 "
+                 "points below published CIFAR-10 numbers; compare runs on it side by side only", short="JPEG copy"),
         )),
     DatasetSpec(
         "cifar100", (100, 20), augment=_CROP_FLIP,
@@ -91,7 +90,7 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
                                                                 "results, not Tiny ImageNet results",
                  short="train100 subset"),
             Copy("tiny-imagenet-200-sample.tar.gz", "subset", "sample: 10 training images per class and 1,000 val "
-                                                              "images; not Tiny ImageNet results", short="sample subset"),
+                 "images; not Tiny ImageNet results", short="sample subset"),
         )),
     DatasetSpec(
         "imagenet", streamed=True,

@@ -137,8 +137,8 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
             board.step(state.scheduler.last_epoch, (sums.loss - loss_before) / (sums.n - seen_before), step_lr)
         if grad_norm is not None:
             sums.add_grad_norm(grad_norm)
-        bad = setup.nonfinite_step
-        bad.copy_(torch.where((bad < 0) & ~torch.isfinite(loss), batch, bad))
+        first_nonfinite = setup.nonfinite_step  # on the device: checking it every batch would wait for it
+        first_nonfinite.copy_(torch.where((first_nonfinite < 0) & ~torch.isfinite(loss), batch, first_nonfinite))
         progress.update(sums.n, sums)
         # Under torchrun agreeing on a stop costs an all-reduce and a host sync, so ranks confer every few steps.
         confer = not d.enabled or (batch + 1) % (DIST_STOP_CHECK_EVERY * loader.batches_per_step) == 0
@@ -218,7 +218,7 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int, on
         state.position = {"epoch": epoch, "batch": done, "order": state.loader.order.cpu(), "sums": sums.state(),
                           "lr": lr}
         setup.save(state, runfiles.LAST)
-        _leave(setup, stop, f"in epoch {epoch} after step {done}")
+        _exit_stopped(setup, stop, f"in epoch {epoch} after step {done}")
     if state.lookahead is not None:
         state.lookahead.end_epoch()  # evaluation and checkpoints see the averaged weights (or their EMA)
     row = record_epoch(setup, state, epoch, sums, epoch_start, lr)
@@ -240,7 +240,7 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int, on
     if write_last:
         setup.save(state, runfiles.LAST)
     if interrupted:
-        _leave(setup, stop, f"after epoch {epoch}")
+        _exit_stopped(setup, stop, f"after epoch {epoch}")
     if stop_now:
         setup.say(reason)
         return reason
@@ -266,7 +266,8 @@ def _out_of_memory_is_one_line(setup: Setup, state: TrainState):
         raise CnnlabError(reason) from None
 
 
-def _leave(setup: Setup, stop: StopRequest, where: str):
+def _exit_stopped(setup: Setup, stop: StopRequest, where: str):
+    """Say where a stop request (SIGINT/SIGTERM) left the run and how to resume it; exit with status 130."""
     setup.say(f"stopped by {stop.signal_name} {where}; checkpoint saved. "
               f"Resume with: cnnlab train --resume {setup.run.path}", err=True)
     raise SystemExit(130)

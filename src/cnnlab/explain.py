@@ -76,8 +76,8 @@ class Explanation:
     maps: list[tuple[str, str, torch.Tensor]]  # (kind: overlay | heat | template, title, map)
 
 
-def explain_image(model: nn.Module, spec: ModelSpec, pixels: torch.Tensor, classes: list[str], target: int | None = None,
-                  topk: int = 5) -> Explanation:
+def explain_image(model: nn.Module, spec: ModelSpec, pixels: torch.Tensor, classes: list[str],
+                  target: int | None = None, topk: int = 5) -> Explanation:
     """The maps of one (1, C, H, W) 0–255 image for class `target` (default: the top-1 prediction).
 
     `model` takes pixels (see `_OnPixels`); the registry entry `spec` picks the method: Grad-CAM at its
