@@ -26,14 +26,19 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	touch $@
 
-# The real data sets live beside the checkout (see ../shared/datasets/README.md); never copied into the repo. Without
-# them the demo's preset (download = true) trains on the official MNIST, fetched once into the cache.
+# cnnlab finds datasets by name in its data home ($CNNLAB_DATA, else ~/.cache/cnnlab/datasets). Where DATA exists
+# (the real data sets beside the checkout, see ../shared/datasets/README.md; never copied into the repo) it is the
+# data home of every target here; elsewhere the user's own is, and the demo's preset (download = true) fetches the
+# official MNIST into it once.
 DATA   ?= ../shared/datasets
+ifneq ($(wildcard $(DATA)),)
+export CNNLAB_DATA := $(abspath $(DATA))
+endif
 
 RUN    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 demo: setup
-	$(VENV)/bin/cnnlab train --config demo-mnist-mlp --data $(DATA)/mnist-png.tar.gz --out $(RUN)
+	$(VENV)/bin/cnnlab train --config demo-mnist-mlp --out $(RUN)
 	$(VENV)/bin/cnnlab eval $(RUN)
 	@echo "curves: $(RUN)/curves.png   confusion matrix: $(RUN)/confusion_test.png"
 
@@ -66,6 +71,7 @@ bench: setup
 	$(PY) benchmarks/cpu.py $(filter --quick,$(BENCH_ARGS))
 	$(PY) benchmarks/bench_models.py $(filter-out --quick,$(BENCH_ARGS))
 	$(PY) benchmarks/kill_resume.py --kills 10
+	$(PY) benchmarks/cli_startup.py $(filter --quick,$(BENCH_ARGS))
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -2,13 +2,15 @@
 
 import csv
 import io
+import json
 import subprocess
 import sys
 
 import pytest
+from data_fixtures import tar_folder, write_cifar10_python, write_mnist_idx
 
 from cnnlab import list_models
-from cnnlab.cli import main
+from cnnlab.cli import COMMANDS, DATA_ACTIONS, main
 
 
 def run(capsys, *argv):
@@ -72,9 +74,56 @@ def test_every_help_page_prints(command, capsys):
     assert "usage: cnnlab" in capsys.readouterr().out
 
 
+# What must start without torch, torchvision or matplotlib: every help page, the listings, `data info`. Add new quick
+# commands here; CIFAR, MNIST and CACHE stand for the small datasets and the cache folder the test writes.
+QUICK_COMMANDS = [["--help"], ["--version"], *([c.name, "--help"] for c in COMMANDS),
+                  *(["data", a.name, "--help"] for a in DATA_ACTIONS), ["presets"], ["presets", "seed-report"],
+                  ["data", "info", "CIFAR", "--cache-dir", "CACHE"],
+                  ["data", "info", "MNIST", "--dataset", "mnist", "--cache-dir", "CACHE"],
+                  ["data", "list", "--data-root", "HOME"],
+                  ["data", "info", "--dataset", "mnist", "--data-root", "HOME", "--cache-dir", "CACHE"]]
+HEAVY = ("torch", "torchvision", "matplotlib")
+
+# Runs each command in turn in one fresh interpreter and records which heavy modules are loaded after it.
+QUICK_SCRIPT = """
+import contextlib, io, json, sys
+from cnnlab.cli import main
+
+results = []
+for argv in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # --help and --version end in argparse's exit
+            code = e.code
+    results.append({"argv": argv, "code": code, "output": out.getvalue(),
+                    "heavy": [m for m in sys.argv[2].split(",") if m in sys.modules]})
+print(json.dumps(results))
+"""
+
+
+def test_help_listings_and_data_info_import_neither_torch_nor_matplotlib(tmp_path):
+    cifar = tar_folder(write_cifar10_python(tmp_path / "cifar")[0], tmp_path / "cifar-10-python.tar.gz")
+    mnist = write_mnist_idx(tmp_path / "mnist")[0]
+    paths = {"CIFAR": str(cifar), "MNIST": str(mnist), "CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    commands = [[paths.get(word, word) for word in argv] for argv in QUICK_COMMANDS]
+    done = subprocess.run([sys.executable, "-c", QUICK_SCRIPT, json.dumps(commands), ",".join(HEAVY)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert [r["argv"] for r in results] == commands
+    for r in results:  # in order: modules stay loaded, so the first command to load one is the one to blame
+        assert r["code"] == 0 and r["heavy"] == [], (r["argv"], r["code"], r["heavy"], r["output"][-500:])
+    info = {r["argv"][2]: r["output"] for r in results if r["argv"][:2] == ["data", "info"]}
+    assert "dataset:    cifar10" in info[str(cifar)] and "dataset:    mnist" in info[str(mnist)]
+    assert f"path:       {mnist}\n" in info["--dataset"]  # no path: the data home's copy
+    listed = next(r["output"] for r in results if r["argv"][:3] == ["data", "list", "--data-root"])
+    assert "used cifar-10-python.tar.gz" in listed and "used mnist/" in listed
+
+
 def test_the_flag_names_of_timm_and_torchvision_set_the_same_settings():
-    from cnnlab.cli import build_parser
-    from cnnlab.config import config_from_args
+    from cnnlab.cli import build_parser, config_from_args
 
     argv = ["train", "--opt", "adamw", "--sched", "cosine", "-b", "64", "--output", "runs/x", "--amp",
             "--smoothing", "0.1", "--clip-grad", "2.5"]

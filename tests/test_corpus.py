@@ -22,9 +22,10 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from cnnlab.build import validate_config
 from cnnlab.checkpoint import load_checkpoint
-from cnnlab.cli import build_parser, main
-from cnnlab.config import TrainConfig, config_from_args
+from cnnlab.cli import build_parser, config_from_args, main
+from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.recipes import apply_recipe
 from data_fixtures import png_bytes, rng_images, write_image_folder
@@ -652,7 +653,7 @@ def assert_one_line(error: CnnlabError) -> None:
 @given(values=toml_dicts)
 def test_any_toml_dict_is_a_config_or_one_cnnlab_error(values):
     try:
-        TrainConfig.from_dict(values).validate()
+        validate_config(TrainConfig.from_dict(values))
     except CnnlabError as e:
         assert_one_line(e)
 
@@ -722,7 +723,7 @@ def test_any_file_is_a_config_or_one_cnnlab_error(values, garbage):
         path = Path(folder) / "c.toml"
         path.write_bytes(garbage if garbage is not None else text.encode())
         try:
-            config = TrainConfig.from_toml(path).validate()
+            config = validate_config(TrainConfig.from_toml(path))
         except CnnlabError as e:
             assert_one_line(e)
             return

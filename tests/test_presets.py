@@ -1,7 +1,8 @@
 """The presets shipped in the package: named by their stem wherever a TOML path is taken, listed by `cnnlab presets`,
-every one valid, and their relative paths resolved against the current folder (not the package's)."""
+every one valid, and naming datasets (found in the data home), never files."""
 
 import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -10,8 +11,9 @@ from data_fixtures import write_shared_datasets
 
 from cnnlab import presets
 from cnnlab.run_data import resolve_data
-from cnnlab.cli import build_parser, main
-from cnnlab.config import TrainConfig, config_from_args
+from cnnlab.build import validate_config
+from cnnlab.cli import build_parser, config_from_args, main, preset_listing, preset_summary
+from cnnlab.config import TrainConfig
 from cnnlab.sweep import plan, read_sweep, run_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +41,8 @@ def test_the_presets_live_in_the_package_and_nowhere_else():
 def test_a_training_preset_by_name_equals_its_file_and_flags_still_override_it():
     reference = tomllib.loads((presets.FOLDER / "speedrun-cifar10.toml").read_text(encoding="utf-8"))
     config = train_config("--config", "speedrun-cifar10", "--epochs", "3")
-    assert config == TrainConfig(**{**reference, "epochs": 3})
+    # The preset's warm-up and Lookahead start scale with its epochs (tests/test_fit_to_epochs.py).
+    assert config == TrainConfig(**{**reference, "epochs": 3, "warmup_epochs": 0.69, "lookahead_epoch": 2})
     assert train_config("--config", "speedrun-cifar10.toml") == TrainConfig(**reference)
 
 
@@ -74,9 +77,9 @@ def test_every_shipped_preset_is_valid_with_the_runs_its_tables_promise():
     for name in presets.names():
         path = presets.preset_path(name)
         spec = tomllib.loads(path.read_text(encoding="utf-8"))
-        kind, what = presets.summary(path)
+        kind, what = preset_summary(path)
         if kind == "train":
-            config = TrainConfig.from_toml(path).validate()
+            config = validate_config(TrainConfig.from_toml(path))
             assert what == f"{config.model} on {config.dataset}, {config.epochs} epochs"
             continue
         # The count from the tables themselves: variants × grid points × seeds.
@@ -84,8 +87,8 @@ def test_every_shipped_preset_is_valid_with_the_runs_its_tables_promise():
                  * len(spec["sweep"].get("seeds", [0])))
         runs = run_settings(path, read_sweep(path))
         assert len(runs) == count and what.startswith(f"{count} runs of "), (name, what)
-        for run, settings in runs:
-            TrainConfig.from_dict(settings, f"{name} {run}").validate()
+        for run, settings, _ in runs:
+            validate_config(TrainConfig.from_dict(settings, f"{name} {run}"))
 
 
 def test_the_listing_names_each_preset_its_kind_and_what_it_trains(tmp_path, capsys):
@@ -93,13 +96,13 @@ def test_the_listing_names_each_preset_its_kind_and_what_it_trains(tmp_path, cap
     (tmp_path / "grid.toml").write_text(
         '[sweep]\nseeds = [0, 1, 2]\n[base]\ndataset = "cifar10"\n[[variant]]\nname = "a"\nmodel = "vgg11"\n'
         '[[variant]]\nname = "b"\n[grid]\nlr = [0.1, 0.2]\n', encoding="utf-8")
-    lines = presets.listing(tmp_path)
+    lines = preset_listing(tmp_path)
     assert lines[:3] == ["NAME   KIND   WHAT",
                          "grid   sweep  12 runs of vgg11, mlp on cifar10",  # variant b keeps the default model
                          "small  train  softmax on mnist, 3 epochs"]
     code, out, _ = run_cli(capsys, "presets")
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:len(presets.names()) + 1]}
-    assert code == 0 and rows == {n: presets.summary(presets.preset_path(n))[0] for n in presets.names()}
+    assert code == 0 and rows == {n: preset_summary(presets.preset_path(n))[0] for n in presets.names()}
     assert rows["speedrun-cifar10"] == "train" and rows["seed-report"] == "sweep"
 
 
@@ -113,13 +116,17 @@ def test_presets_name_prints_the_file_to_copy_and_edit(tmp_path, capsys, monkeyp
     assert [(n, c.data, c.epochs) for n, c in mine.runs] == [(n, c.data, 1) for n, c in preset.runs]
 
 
-def test_relative_paths_in_a_preset_resolve_against_the_current_folder(tmp_path, monkeypatch):
-    shared = write_shared_datasets(tmp_path / "shared" / "datasets")
-    (tmp_path / "checkout").mkdir()
-    monkeypatch.chdir(tmp_path / "checkout")  # "../shared/datasets" from here is tmp/shared/datasets
+def test_presets_name_datasets_not_files_and_nothing_in_the_package_names_the_shared_folder(tmp_path, monkeypatch):
+    for name in presets.names():
+        text = presets.preset_path(name).read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(data|data_root)\s*=", text, re.M), name
+    sources = [p for p in presets.FOLDER.parent.rglob("*") if p.suffix in (".py", ".toml")]
+    assert [p for p in sources if "../shared" in p.read_text(encoding="utf-8")] == []
+    home = write_shared_datasets(tmp_path / "home")
+    monkeypatch.setenv("CNNLAB_DATA", str(home))
+    monkeypatch.chdir(tmp_path)  # any folder: the data home is not relative to it
     config = resolve_data(train_config("--config", "demo-mnist-mlp"))
-    assert config.data == str(shared / "mnist-png.tar.gz") and config.dataset == "mnist"
+    assert config.data == str(home / "mnist-png.tar.gz") and config.dataset == "mnist"
     sweep = plan("seed-report")
-    assert sweep.out == Path("runs/seed-report") and sweep.data_root == Path("../shared/datasets")
-    assert {c.data for _, c in sweep.runs} == {str(shared / "cifar10-jpeg.tar.gz"),
-                                               str(shared / "tiny-imagenet-200.zip")}
+    assert sweep.out == Path("runs/seed-report") and sweep.data_root is None
+    assert {c.data for _, c in sweep.runs} == {str(home / "cifar10-jpeg.tar.gz"), str(home / "tiny-imagenet-200.zip")}

@@ -4,7 +4,8 @@ import argparse
 
 import pytest
 
-from cnnlab.config import TrainConfig, add_arguments, config_from_args
+from cnnlab.cli import add_arguments, config_from_args
+from cnnlab.config import TrainConfig
 from cnnlab.engine import fit
 from cnnlab.models import list_models
 from cnnlab.recipes import ADAMW_LR, FIELDS, RECIPES, apply_recipe, recipe_key

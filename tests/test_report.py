@@ -1,6 +1,5 @@
 """The comparison report, checked on real tiny runs: 2 configs × 2 seeds of an MLP on a CIFAR-like folder."""
 
-import argparse
 import base64
 import csv
 import io
@@ -15,10 +14,11 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from PIL import Image
 
+from cnnlab.cli import main
 from cnnlab.config import TrainConfig
 from cnnlab.engine import fit
 from cnnlab.errors import CnnlabError
-from cnnlab.report.command import add_report_parser, report_main
+from cnnlab.report.command import report_main
 from cnnlab.report.compare import best_run, factors, group_runs, grouped_table, primary_metric, results_table
 from cnnlab.report.page import write_report
 from cnnlab.report.plots import factor_figures, plot_runs
@@ -170,10 +170,7 @@ def test_cli_command_expands_a_sweep_folder_and_skips_unfinished_runs(sweep, tmp
         shutil.copytree(sweep / name, runs / name, ignore=shutil.ignore_patterns("*.pt"))
     (runs / "still-running").mkdir()
     shutil.copy(sweep / "a-s0" / "config.toml", runs / "still-running")
-    parser = argparse.ArgumentParser(prog="cnnlab")
-    add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(runs), "-o", str(tmp_path / "out")])
-    args.run(args)
+    assert main(["report", str(runs), "-o", str(tmp_path / "out")]) == 0
     assert "index.html" in capsys.readouterr().out
     text = (tmp_path / "out" / "index.html").read_text()
     assert "2 runs" in text and "skipped" in text and "still-running" in text
@@ -181,10 +178,7 @@ def test_cli_command_expands_a_sweep_folder_and_skips_unfinished_runs(sweep, tmp
 
 
 def test_curves_only_writes_one_small_png_per_run_and_nothing_else(sweep, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="cnnlab")
-    add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(sweep), "-o", str(tmp_path / "docs"), "--curves-only"])
-    args.run(args)
+    assert main(["report", str(sweep), "-o", str(tmp_path / "docs"), "--curves-only"]) == 0
     names = sorted(p.name for p in sweep.iterdir())
     assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == [f"{n}.png" for n in names]
     assert capsys.readouterr().out.count("curves: ") == len(names) == 4

@@ -224,13 +224,14 @@ def test_seed_report_takes_the_full_tiny_imagenet_when_the_data_root_has_it(tmp_
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared datasets at ../shared/datasets")
 def test_seed_report_runs_train100_on_the_shared_data(monkeypatch, capsys):
-    monkeypatch.chdir(REPO)
-    code, out, _ = run_cli(capsys, "seed-report", "--data-root", "../shared/datasets", "--dry-run")
+    monkeypatch.setenv("CNNLAB_DATA", str(SHARED))  # what the Makefile does where the shared folder exists
+    code, out, _ = run_cli(capsys, "seed-report", "--dry-run")
     assert code == 0
     train100 = str(SHARED.resolve() / "tiny-imagenet-200-train100.tar.gz")
-    assert out.count(f"data:     {train100} (candidate 3 of 3") == 2
-    assert out.count(str(SHARED.resolve() / "cifar10-jpeg.tar.gz")) == 2
-    sweep = plan("seed-report")  # the preset's own data_root, relative to the current folder: the repository root
+    assert out.count(f"data:     {train100} (tinyimagenet from $CNNLAB_DATA, a subset: train100: ") == 2
+    assert out.count("results are train100 results, not Tiny ImageNet results") == 2
+    assert out.count(f"{SHARED.resolve() / 'cifar10-jpeg.tar.gz'} (cifar10 from $CNNLAB_DATA, a re-encoded copy") == 2
+    sweep = plan("seed-report")
     assert [(c.model, c.dataset, c.epochs) for _, c in sweep.runs] == [
         ("vgg11", "cifar10", 4), ("resnet18", "cifar10", 4), ("vgg11", "tinyimagenet", 4),
         ("resnet18", "tinyimagenet", 4)]
@@ -240,16 +241,18 @@ def test_seed_report_runs_train100_on_the_shared_data(monkeypatch, capsys):
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared datasets at ../shared/datasets")
 @pytest.mark.parametrize("name,count", [("ablation-regularization", 30), ("optimizers", 8), ("lr-grid", 42),
                                         ("defaults-cifar10", 4), ("precision-cpu", 6)])
-def test_the_other_presets_plan_and_validate(name, count, monkeypatch):
-    monkeypatch.chdir(REPO)  # their data paths are relative to the current folder: here, the repository root
+def test_the_other_presets_plan_and_validate(name, count, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNLAB_DATA", str(SHARED))
+    monkeypatch.chdir(tmp_path)  # from any folder: presets name datasets, not paths
     sweep = plan(name)
     assert len(sweep.runs) == count and all(config.out.startswith(str(sweep.out)) for _, config in sweep.runs)
+    assert all(Path(c.data).parent == SHARED.resolve() for _, c in sweep.runs if c.dataset != "synthetic-linear")
 
 
 def test_progress_elapsed_and_estimate_across_runs(tmp_path, monkeypatch):
     now = [0.0]
 
-    def fake_fit(config, resume=None, should_stop=None):  # each run takes one minute of the fake clock
+    def fake_fit(config, resume=None, should_stop=None, notes=()):  # each run takes one minute of the fake clock
         now[0] += 60
         Path(config.out).mkdir(parents=True)
         (Path(config.out) / "summary.json").write_text("{}")

@@ -4,6 +4,7 @@ trains one small run. The environment reuses this interpreter's torch and other 
 their folders), so nothing is downloaded."""
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from data_fixtures import write_shared_datasets
+from data_fixtures import tar_folder, write_cifar10_python, write_mnist_idx, write_tinyimagenet
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.stem for p in (REPO / "src" / "cnnlab" / "presets").glob("*.toml"))
@@ -60,9 +61,9 @@ def test_the_installed_wheel_lists_plans_and_trains_presets_by_name_outside_the_
     bin_dir = install(wheel, tmp_path / "venv")
     elsewhere = tmp_path / "elsewhere"  # a user's folder: no checkout, no ../shared beside it
     elsewhere.mkdir()
-    data = write_shared_datasets(tmp_path / "data")
+    data = official_data_home(tmp_path / "data")  # what a user fetched: only the official formats
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env["CNNLAB_CACHE_DIR"] = str(tmp_path / "cache")
+    env.update(CNNLAB_CACHE_DIR=str(tmp_path / "cache"), CNNLAB_DATA=str(data))
     cnnlab = bin_dir / "cnnlab"
 
     where = run(bin_dir / "python", "-c", "import cnnlab.presets; print(cnnlab.presets.FOLDER)", cwd=elsewhere,
@@ -72,14 +73,34 @@ def test_the_installed_wheel_lists_plans_and_trains_presets_by_name_outside_the_
     listed = run(cnnlab, "presets", cwd=elsewhere, env=env).splitlines()
     assert [line.split()[0] for line in listed[1:len(PRESETS) + 1]] == PRESETS
 
-    planned = run(cnnlab, "sweep", "seed-report", "--data-root", data, "--dry-run", cwd=elsewhere, env=env)
+    planned = run(cnnlab, "sweep", "seed-report", "--dry-run", cwd=elsewhere, env=env)
     assert planned.splitlines()[0] == (f"{where}/seed-report.toml: 4 runs into runs/seed-report; "
-                                       f"data root {data}"), planned
-    assert planned.count(f"data:     {data / 'tiny-imagenet-200.zip'}") == 2
+                                       f"data: {data} ($CNNLAB_DATA)"), planned
+    for name in ("cifar-10-python.tar.gz", "tiny-imagenet-200.zip"):
+        assert planned.count(f"data:     {data / name} (") == 2 and "the official files: " in planned
 
-    out = run(cnnlab, "train", "--config", "demo-mnist-mlp", "--data", data / "mnist-png.tar.gz", "--epochs", "1",
-              "--out", "run", cwd=elsewhere, env=env)
-    assert f"data: {data / 'mnist-png.tar.gz'} (it exists, so nothing is downloaded)" in out.splitlines()
+    run(cnnlab, "sweep", "seed-report", "--set", "epochs=1", "--set", "subset=500", "--set", "test_subset=200",
+        cwd=elsewhere, env=env)
+    runs = sorted(p.name for p in (elsewhere / "runs" / "seed-report").iterdir())
+    assert runs == ["report", "resnet18-cifar10-seed0", "resnet18-tinyimagenet-seed0", "vgg11-cifar10-seed0",
+                    "vgg11-tinyimagenet-seed0"]
+    assert (elsewhere / "runs" / "seed-report" / "report" / "index.html").is_file()
+    summary = json.loads((elsewhere / "runs" / "seed-report" / "vgg11-tinyimagenet-seed0" / "summary.json").read_text())
+    assert summary["epochs_run"] == 1 and summary["data_copy"].startswith("official: Tiny ImageNet")
+
+    out = run(cnnlab, "train", "--config", "demo-mnist-mlp", "--epochs", "1", "--out", "run", cwd=elsewhere, env=env)
+    assert f"data: {data / 'mnist'} (mnist from $CNNLAB_DATA, the official files: " in out
     config = (elsewhere / "run" / "config.toml").read_text(encoding="utf-8")
     assert "hidden = [256, 128]" in config and "epochs = 1" in config  # the preset's settings, and the flag's
     assert (elsewhere / "run" / "summary.json").is_file()
+
+
+def official_data_home(root: Path) -> Path:
+    """A data home as `cnnlab data fetch` leaves it: CIFAR-10's python archive, Tiny ImageNet's zip, MNIST's idx
+    files in mnist/ — in their official formats, small."""
+    folder, _ = write_cifar10_python(root / "_made", per_batch=20)
+    tar_folder(folder, root / "cifar-10-python.tar.gz")
+    shutil.rmtree(root / "_made")
+    write_tinyimagenet(root, per_class=2, n_val=20)
+    write_mnist_idx(root / "mnist", n_train=60, n_test=20)
+    return root

@@ -16,7 +16,8 @@ import torch
 
 from cnnlab.averaging import EMA, Lookahead
 from cnnlab.checkpoint import load_checkpoint
-from cnnlab.config import TrainConfig
+from cnnlab.config import TrainConfig, not_allowed
+from cnnlab.data import DATASETS
 from cnnlab.distributed import Dist, broadcast
 from cnnlab.finetune import freeze_backbone, load_initial_weights
 from cnnlab.early_stopping import EarlyStopping
@@ -33,6 +34,15 @@ from cnnlab.state import RESUME_KEYS, TrainState
 from cnnlab.tensorboard import FOLDER as TENSORBOARD_FOLDER, TensorBoardLog, charts, summary_writer
 
 INIT_IMAGES = 5000  # training images a model's init_from_data sees (speednet's patch statistics)
+
+
+def validate_config(config: TrainConfig) -> TrainConfig:
+    """`config.validate()`, after the two names only the registries know: the model's (or its paper letter) and the
+    dataset's. Here, not in config.py, which stays below the model zoo and the data package."""
+    model_info(config.model)  # unknown names list the valid ones
+    if config.dataset is not None and config.dataset not in DATASETS:
+        raise not_allowed("dataset", config.dataset, "choose one of: " + ", ".join(DATASETS))
+    return config.validate()
 
 
 def model_options(config: TrainConfig, image_shape: tuple, num_classes: int, task: str | None = None) -> dict:
@@ -116,12 +126,13 @@ def _plain(d: dict) -> dict:
             for k, v in d.items()}
 
 
-def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tuple[Setup, TrainState]:
-    """Open (resume) or plan the run, build data and model, create the run folder last, restore the state."""
+def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=()) -> tuple[Setup, TrainState]:
+    """Open (resume) or plan the run, build data and model, create the run folder last, restore the state. A new
+    run's log gives `notes` (how its settings were put together: fit_to_epochs') after its first line."""
     run, checkpoint, rewrite_config = None, None, False
     if resume:
         run, checkpoint, config, rewrite_config = _reopen(resume, config, d, stack)
-    resolve_data(config.validate(), say=print if d.is_main else lambda line: None)
+    resolve_data(validate_config(config), say=print if d.is_main else lambda line: None)
     if config.tensorboard:
         summary_writer()  # a missing package is one line now, before anything is built or written
     device = _device(config, d)
@@ -158,7 +169,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
                   nonfinite_step=torch.full((), -1, device=device, dtype=torch.int64))
     state = _state(model, setup)
     if checkpoint is None:
-        _introduce(setup, model, recipe, tuning)
+        _introduce(setup, model, recipe, tuning, notes)
     else:
         _restore(setup, state, checkpoint, rewrite_config)
     if config.tensorboard and not run.readonly:
@@ -166,12 +177,15 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack) -> tup
     return setup, state
 
 
-def _introduce(setup: Setup, model, recipe: dict, tuning: list[str]) -> None:
-    """A new run's first lines: what trains on what, the recipe's choices, the method, the processes, the machine."""
+def _introduce(setup: Setup, model, recipe: dict, tuning: list[str], notes=()) -> None:
+    """A new run's first lines: what trains on what, how its settings were put together (`notes`), the recipe's
+    choices, the method, the processes, the machine."""
     config, data, d = setup.config, setup.data, setup.d
     setup.say(f"training {setup.options['name']} ({count_params(model):,} parameters) on {config.dataset}: "
               f"{data.n_train} train / {data.val.num_examples if data.val else 0} val / "
               f"{data.test.num_examples} test, {setup.device} → {setup.run.path}")
+    for line in notes:
+        setup.say(line)
     if recipe:
         setup.say(describe_recipe(config.model, recipe))
     setup.say(describe_method(config, data))

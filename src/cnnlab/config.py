@@ -1,7 +1,9 @@
-"""Every training setting in one typed dataclass: TOML in, TOML out, CLI flags generated from the fields.
+"""Every training setting in one typed dataclass: TOML in, TOML out; cli.py generates a flag from each field.
 
 Precedence: dataclass defaults < `--config FILE` (or a preset's name, see cnnlab.presets) < explicit command-line
-flags. Validation happens once, in `validate()`, and names the field and what it allows.
+flags. Validation happens once, in `validate()`, and names the field and what it allows; the model's and the
+dataset's names are checked where their registries are known (`cnnlab.build.validate_config`), so that this module,
+at the bottom of the package, imports nothing but cnnlab.errors.
 """
 
 import json
@@ -35,10 +37,14 @@ class TrainConfig:
     # data
     dataset: str | None = _f(None, "cifar10, cifar100, tinyimagenet, imagenet, mnist or synthetic-linear "
                                    "(default: detected from --data)")
-    data: str | None = _f(None, "the dataset's folder or archive")
-    download: bool = _f(False, "where --data does not exist (or is not given), train on the dataset's official "
-                               "files instead, downloaded once into the cache's downloads/ folder and MD5-checked "
-                               "(needs --dataset); the run's first line says which copy it used")
+    data: str | None = _f(None, "the dataset's folder or archive (default: --dataset's files found in the data "
+                                "home, see --data-root)")
+    data_root: str | None = _f(None, "the data home: the folder where --dataset NAME is looked for when --data is "
+                                     "not given (default: $CNNLAB_DATA, else ~/.cache/cnnlab/datasets; "
+                                     "`cnnlab data list` shows what it holds)")
+    download: bool = _f(False, "where --data does not exist (or is not given) and the data home holds no copy, "
+                               "fetch the dataset's official files into the data home first, MD5-checked (needs "
+                               "--dataset); the run's first line says which copy it used")
     labels: str = _f("fine", "CIFAR-100 label set", ("fine", "coarse"))
     val_split: float = _f(0.1, "fraction of the training set held out for validation (stratified)")
     subset: int | None = _f(None, "train on N training images, drawn by a fixed shuffle (archives are sorted by "
@@ -63,7 +69,8 @@ class TrainConfig:
     resize_size: int = _f(256, "streamed datasets: the shorter side is resized to this before the centre crop")
     workers: int = _f(4, "streamed datasets: DataLoader worker processes")
     # optimisation
-    epochs: int = _f(10, "passes over the training split")
+    epochs: int = _f(10, "passes over the training split; changing the epochs a --config file sets rescales its "
+                         "warm-up, milestones and Lookahead start (unless given too), and the log says so")
     batch_size: int | str = _f(128, "examples per step: 1 is SGD, `all` full-batch gradient descent (the exact "
                                     "mean gradient, accumulated over chunks of 1024; batch norm then normalises "
                                     "each chunk with its own statistics). Momentum applies unless --momentum 0")
@@ -145,15 +152,12 @@ class TrainConfig:
         return "all" if self.full_batch else self.batch_size * self.accumulate
 
     def validate(self) -> "TrainConfig":
+        """Each setting against its own rules (ranges, choices, combinations); see the module's docstring for the
+        model's and the dataset's names."""
         def need(ok, name, allowed):
             if not ok:
-                raise CnnlabError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not allowed; {allowed}")
+                raise not_allowed(name, getattr(self, name), allowed)
 
-        from cnnlab.data import DATASETS
-        from cnnlab.models import model_info
-
-        model_info(self.model)  # unknown names list the valid ones
-        need(self.dataset is None or self.dataset in DATASETS, "dataset", "choose one of: " + ", ".join(DATASETS))
         need(self.image_size >= 1 and self.resize_size >= self.image_size, "resize_size",
              "use a size ≥ --image-size")
         need(self.workers >= 0, "workers", "use an integer ≥ 0")
@@ -212,7 +216,7 @@ class TrainConfig:
             raise CnnlabError(f"{origin}: unknown setting {unknown[0]!r}; known settings: {', '.join(known)}")
         config = cls()
         for name, value in values.items():
-            setattr(config, name, _coerce(known[name], value, origin))
+            setattr(config, name, coerce(known[name], value, origin))
         return config
 
     @classmethod
@@ -228,6 +232,11 @@ class TrainConfig:
             else:
                 lines.append(f"{f.name} = {_toml_value(value)}")
         return "\n".join(lines + [END_OF_CONFIG]) + "\n"
+
+
+def not_allowed(name: str, value, allowed: str) -> CnnlabError:
+    """The error for a setting whose value breaks its rule: the flag, the value, and what it allows."""
+    return CnnlabError(f"--{name.replace('_', '-')} {value!r} is not allowed; {allowed}")
 
 
 def read_toml(path, kind: str = "config file") -> dict:
@@ -261,7 +270,7 @@ def _toml_value(value) -> str:
     return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def _coerce(f, value, origin: str):
+def coerce(f, value, origin: str):
     """Turn a TOML or command-line value into the field's type; one clear line if it does not fit."""
     kind = f.type.__name__ if isinstance(f.type, type) else str(f.type)  # "float", "list[int] | None"…
     try:
@@ -304,34 +313,48 @@ def _int(value) -> int:
     return int(value)
 
 
-# The names users of timm's and torchvision's training scripts already type, for the same settings.
-ALIASES = {"optimizer": ["--opt"], "schedule": ["--sched"], "batch_size": ["-b"], "out": ["--output", "--output-dir"],
-           "label_smoothing": ["--smoothing"], "clip_grad_norm": ["--clip-grad"]}
+# Settings that name a position in the run's schedule, in epochs (early-stopping patience counts epochs too, but
+# it is a length of waiting, not a place in the schedule).
+EPOCH_POSITIONS = ("warmup_epochs", "milestones", "lookahead_epoch")
 
 
-def add_arguments(parser) -> None:
-    """One --flag per field (and its aliases); every flag defaults to None so only what the user typed overrides
-    the config. `--amp` is `--precision fp16`, mixed precision as timm and torchvision mean it."""
-    for f in fields(TrainConfig):
-        flags = ["--" + f.name.replace("_", "-"), *ALIASES.get(f.name, [])]
-        text = f.metadata["help"].replace("%", "%%")  # argparse formats help strings with %
-        if "bool" in str(f.type):
-            parser.add_argument(*flags, dest=f.name, default=None, nargs="?", const="true", metavar="BOOL",
-                                help=text)
-        else:
-            parser.add_argument(*flags, dest=f.name, default=None, help=text)
-    parser.add_argument("--amp", dest="precision", action="store_const", const="fp16",
-                        help="= --precision fp16: float16 autocast with loss scaling (on GPUs without bf16; "
-                             "--precision auto already picks the fastest)")
+def fit_to_epochs(file: dict, given: dict, source: str = "the config's") -> tuple[dict, list[str]]:
+    """Rescale the schedule positions a config file wrote for its own epochs when `given` (what the user set on top
+    of the file: flags, a sweep's --set) changes the epochs; return ({setting: new value}, one note per change).
+
+    Each position is multiplied by given epochs / file epochs, both ways (a longer run keeps the schedule's shape as
+    a shorter one does): warm-up 2.3 of 10 → 0.23 of 1 (4 significant digits); milestones [30, 60] of 90 →
+    [10, 20] of 30, rounded half up but not below 1, duplicates merged and those ≥ the epochs dropped (they would
+    never apply); Lookahead, which starts with epoch `lookahead_epoch` (1-based; 0 = off), keeps the share of the
+    run before it: the epochs before it are rescaled and rounded half up, and it is switched off (0) when that
+    leaves no epoch for it. Nothing changes when the file does not set `epochs` itself (its positions were not
+    written for a run length), nor a setting `given` sets too: the user's own value is kept, and validate() names it
+    if it does not fit. Values of the wrong type are left for validate() too.
+    """
+    if "epochs" not in file or "epochs" not in given:
+        return {}, []
+    try:
+        old = TrainConfig.from_dict({k: file[k] for k in ("epochs", *EPOCH_POSITIONS) if k in file})
+        epochs = TrainConfig.from_dict({"epochs": given["epochs"]}).epochs
+    except CnnlabError:
+        return {}, []
+    if epochs == old.epochs or epochs < 1 or old.epochs < 1:
+        return {}, []
+
+    def scaled(value):
+        return value * epochs / old.epochs
+
+    milestones = {max(1, _half_up(scaled(m))) if m >= 1 else m for m in old.milestones}
+    before_lookahead = _half_up(scaled(old.lookahead_epoch - 1))  # whole epochs trained before it starts
+    new = {"warmup_epochs": float(f"{scaled(old.warmup_epochs):.4g}"),
+           "milestones": sorted(m for m in milestones if m < epochs),
+           "lookahead_epoch": before_lookahead + 1 if old.lookahead_epoch and before_lookahead < epochs else 0}
+    changes = {k: v for k, v in new.items() if k in file and k not in given and v != getattr(old, k)}
+    how = f"{source} {old.epochs} epochs {'shortened' if epochs < old.epochs else 'lengthened'} to {epochs}"
+    notes = [f"{k} {getattr(old, k)} → {v} ({'off: ' if k == 'lookahead_epoch' and not v else ''}{how})"
+             for k, v in changes.items()]
+    return changes, notes
 
 
-def config_from_args(args) -> TrainConfig:
-    """The settings of `cnnlab train`: --config (a TOML file or a preset's name), then the flags given."""
-    from cnnlab.presets import find  # here, not above: cnnlab.presets imports this module
-
-    config = TrainConfig.from_toml(find(args.config, "train")) if getattr(args, "config", None) else TrainConfig()
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    for name, value in given.items():
-        setattr(config, name, _coerce(next(f for f in fields(TrainConfig) if f.name == name), value,
-                                      "--" + name.replace("_", "-")))
-    return config.validate()
+def _half_up(x: float) -> int:
+    return math.floor(x + 0.5)  # not round(): its ties go to the even number, 0.5 → 0 but 1.5 → 2

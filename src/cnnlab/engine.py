@@ -15,6 +15,7 @@ import torch
 from cnnlab import distributed
 from cnnlab.build import Setup, bare_setup, start
 from cnnlab.config import TrainConfig
+from cnnlab.data.home import data_notes
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.distributed import Dist, any_true, barrier
 from cnnlab.errors import CnnlabError
@@ -135,8 +136,9 @@ def evaluate(model, loader: DeviceLoader, task: str, num_classes: int, autocast=
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
-def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None) -> RunFolder:
+def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None, notes=()) -> RunFolder:
     """Train `config` into its run folder, or continue the run in `resume` (config may then carry new epochs).
+    `notes`: lines for a new run's log about how its settings were put together (config_from_args' notes).
 
     The run folder is locked for the whole run; a new one is created only after data and model are built, so
     bad input leaves nothing behind.
@@ -144,7 +146,7 @@ def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None)
     d = distributed.setup(config.device if config is not None else "auto")
     try:
         with contextlib.ExitStack() as stack:
-            setup, state = start(config, resume, d, stack)
+            setup, state = start(config, resume, d, stack, notes)
             stop_reason = None
             with StopRequest(should_stop) as stop, _out_of_memory_is_one_line(setup, state):
                 for epoch in range(state.epoch + 1, setup.config.epochs + 1):
@@ -257,7 +259,8 @@ def record_epoch(setup: Setup, state: TrainState, epoch: int, sums: Sums, epoch_
 def finish(setup: Setup, state: TrainState, stop_reason: str) -> dict:
     """Evaluate the best checkpoint once on the test split; write summary.json and curves.png."""
     config, data, run, best = setup.config, setup.data, setup.run, state.best
-    summary = {"model": setup.options["name"], "dataset": config.dataset, "parameters": count_params(state.model),
+    summary = {"model": setup.options["name"], "dataset": config.dataset, **data_notes(config.data, config.dataset),
+               "parameters": count_params(state.model),
                "epochs_run": state.epoch, "stop_reason": stop_reason, "best_metric": best["metric"],
                "best_value": best["value"], "best_epoch": best["epoch"], "seed": config.seed,
                "val_size": data.notes.get("val_size"), "test_size": data.test.num_examples,
@@ -273,7 +276,7 @@ def finish(setup: Setup, state: TrainState, stop_reason: str) -> dict:
     summary.update(environment(setup.device))
     run.write_summary(summary)
     if rows and not run.readonly:
-        from cnnlab.report.curves import save_curves
+        from cnnlab.report.curves import save_curves  # here: matplotlib costs ~0.5 s; eval and predict import the loop
 
         save_curves(rows, run.file("curves.png"), title=f"{setup.options['name']} on {config.dataset}")
     test_text = (f"test top-1 {summary['test_top1']:.4f}" if summary.get("test_top1") is not None

@@ -1,20 +1,26 @@
 """`cnnlab eval` and `cnnlab predict`: a run's best checkpoint on a split, or on image files."""
 
+import csv
+import glob
 import io
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from cnnlab.atomic import atomic_write
+from cnnlab.calibration import calibration, save_reliability
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig
 from cnnlab.data.images import IMAGE_SUFFIXES, is_image
 from cnnlab.data import STREAMED
+from cnnlab.data.stream import eval_transform
 from cnnlab.engine import evaluate
+from cnnlab.gallery import confident_mistakes, save_filters, save_mistakes, split_images, split_paths
 from cnnlab.tta import tta_logits
+from cnnlab.predictions import write_predictions
 from cnnlab.run_data import build_data, wants_channels_last
 from cnnlab.hardware import Precision, resolve_device, resolve_precision, set_deterministic
 from cnnlab.errors import CnnlabError
@@ -86,17 +92,13 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
         out_dir = Path(out_dir or (target if Path(target).is_dir() else Path(target).parent))
         out_dir.mkdir(parents=True, exist_ok=True)
         if save_predictions is not None:
-            from cnnlab.predictions import write_predictions
-
             path = save_predictions or out_dir / f"predictions_{split}.npz"
             result["predictions"] = str(write_predictions(path, logits, truth, loaders.classes))
-        from cnnlab.report.curves import save_confusion
+        from cnnlab.report.curves import save_confusion  # here: matplotlib takes ~0.5 s; predict and export need none
 
         result["confusion_png"] = str(save_confusion(confusion, loaders.classes,
                                                      out_dir / f"confusion_{split}.png"))
         result["confusion"] = confusion.tolist()
-        from cnnlab.calibration import calibration, save_reliability
-
         probabilities = torch.softmax(logits.float(), 1).numpy()
         calibrated = calibration(probabilities, truth)
         result["ece"], result["calibration"] = calibrated["ece"], calibrated["bins"]
@@ -136,8 +138,6 @@ def _gallery(model, checkpoint: dict, loader, probabilities, truth, predicted, c
     """The first layer's weights (filters.png) and the most confident mistakes (mistakes_SPLIT.png) as pictures,
     and the mistakes as data (index into the split, true and predicted class, probability). A model without a first
     layer to draw leaves no filters.png: one from an earlier evaluation would show weights that are not these."""
-    from cnnlab.gallery import confident_mistakes, save_filters, save_mistakes, split_images, split_paths
-
     name = checkpoint["model_options"]["name"]
     result = {}
     filters = save_filters(model, checkpoint["image_shape"], out_dir / "filters.png", title=f"{name}: ")
@@ -164,8 +164,6 @@ def _as_evaluated(im, config: dict, h: int, w: int, c: int) -> torch.Tensor:
     in-memory datasets hold images at one size, so a new image is resized to it.
     """
     if config.get("dataset") in STREAMED:
-        from cnnlab.data.stream import eval_transform
-
         return eval_transform(im, config.get("image_size", h), config.get("resize_size", h))[None].float()
     im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
     return torch.from_numpy(np.asarray(im).copy()).reshape(1, h, w, c).permute(0, 3, 1, 2).float()
@@ -183,8 +181,6 @@ def load_image_classifier(target, command: str):
 
 def read_image(path, checkpoint: dict) -> torch.Tensor:
     """An image file preprocessed as the run's test images were: (1, C, H, W), float 0–255 (see `normalise`)."""
-    from PIL import UnidentifiedImageError
-
     h, w, c = checkpoint["image_shape"]
     try:
         with Image.open(io.BytesIO(Path(path).read_bytes())) as im:
@@ -205,8 +201,6 @@ def normalise(pixels: torch.Tensor, checkpoint: dict) -> torch.Tensor:
 def image_paths(arguments: list) -> list[Path]:
     """The image files that files, folders (every image below them, hidden ones skipped) and glob patterns name, in
     order, each once. An argument that names no image is an error: a typo must not pass as an empty result."""
-    import glob
-
     found: dict[Path, None] = {}
     for arg in map(str, arguments):
         if any(c in arg for c in "*?["):
@@ -247,8 +241,6 @@ def predict(target, images: list, topk: int = 5) -> list[tuple[str, list[tuple[s
 def predict_to_csv(target, images: list, out, topk: int = 5) -> int:
     """Write path, top-1 class and probability … top-k to a CSV as the images stream through; the file appears
     only when every image was read (an unreadable one leaves no half-written table). Returns the row count."""
-    import csv
-
     rows = 0
     with atomic_write(out, "w") as f:
         writer = None

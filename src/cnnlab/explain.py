@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure  # not pyplot: no global backend switch
 from torch import nn
 
 from cnnlab.atomic import atomic_write
@@ -111,8 +112,6 @@ def explain_image(model: nn.Module, family: str, pixels: torch.Tensor, classes: 
 
 def draw(explanation: Explanation, title: str):
     """A figure: the image, each map (Grad-CAM over the image), the top-k probabilities as bars."""
-    from matplotlib.figure import Figure  # not pyplot: no global backend switch
-
     panels = 2 + len(explanation.maps)
     fig = Figure(figsize=(3.2 * panels, 3.4))
     axes = fig.subplots(1, panels, gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.3]})

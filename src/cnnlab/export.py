@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnlab import __version__
 from cnnlab.atomic import atomic_write
 from cnnlab.data import STREAMED
 from cnnlab.errors import CnnlabError, check_choice
 from cnnlab.evaluate import checkpoint_path, load_model
+from cnnlab.runs import GIT_REVISION
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts.pt"}  # format → default file name in the run folder
 ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the `export` extra
@@ -80,9 +82,6 @@ def input_shape(checkpoint: dict) -> list[int]:
 
 def describe(checkpoint: dict, source: Path, fmt: str, path: Path, shape: list[int], max_diff: float) -> dict:
     """The JSON beside an exported model: what its input must be and what its output means."""
-    from cnnlab import __version__
-    from cnnlab.runs import GIT_REVISION
-
     config = checkpoint["config"]
     is_image = len(shape) == 4
     meta = {
@@ -170,7 +169,7 @@ def _torchscript_bytes(model, example: torch.Tensor, name: str) -> bytes:
 
 
 def _run_onnx(data: bytes, x: torch.Tensor) -> np.ndarray:
-    import onnxruntime
+    import onnxruntime  # the optional `export` extra, checked for (ONNX_MODULES) before anything is exported
 
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     return session.run(None, {"input": x.numpy()})[0]

@@ -65,6 +65,7 @@ def filter_tiles(weights: torch.Tensor, limit: int = MAX_FILTERS) -> np.ndarray:
 
 def save_filters(model: nn.Module, image_shape, path: Path, title: str = "") -> Path | None:
     """A grid of the first layer's weights as images; None (nothing written) when there is no such layer."""
+    # Here, not above: matplotlib takes ~0.5 s, and predict and export import evaluate, which imports this.
     from matplotlib.figure import Figure
 
     found = first_layer(model, image_shape)
@@ -128,7 +129,7 @@ def split_paths(loader, indices: list[int]) -> list[str] | None:
 def save_mistakes(mistakes: list[dict], images: list[np.ndarray], classes: list[str], path: Path,
                   title: str = "") -> Path:
     """A 4-column gallery: each image with its true class and the class predicted with probability p."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # here: see save_filters
 
     columns = 4
     rows = max(1, math.ceil(len(mistakes) / columns))

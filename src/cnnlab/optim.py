@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cnnlab.config import TrainConfig
+from cnnlab.finetune import classifier
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = False, lr: float = 0.1,
@@ -56,8 +57,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     """SGD: v = βv + (g + λw), W = W − αv (PyTorch semantics, dampening 0). AdamW: decoupled decay."""
     groups = parameter_groups(model, config.weight_decay, config.decay_all, config.lr, config.norm_lr_scale)
     if config.head_lr_mult != 1:
-        from cnnlab.finetune import classifier
-
         groups = scale_head_lr(groups, classifier(model)[1], config.head_lr_mult)
     # On a GPU one fused kernel updates every parameter instead of a launch per tensor.
     fused = {"fused": True} if all(p.is_cuda for p in model.parameters()) else {}

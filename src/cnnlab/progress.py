@@ -13,7 +13,7 @@ class Progress:
         self.prefix = f"epoch {epoch}/{epochs}"
         self.bar, self.shown = None, 0.0
         if sys.stderr.isatty():
-            from tqdm import tqdm
+            from tqdm import tqdm  # here: only a terminal shows a bar
 
             self.bar = tqdm(total=total, desc=self.prefix, leave=False, dynamic_ncols=True)
 

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from cnnlab.config import TrainConfig
-from cnnlab.data import load_dataset, split_train_val
+from cnnlab.data import DATASETS, check_imagenet_root, detect_dataset, home, load_dataset, split_train_val
 from cnnlab.data.loader import PRESETS, Augment, DeviceLoader, augment_preset, channel_stats
+from cnnlab.data.stream import StreamingImageFolder, StreamLoader
 from cnnlab.distributed import Dist
 from cnnlab.errors import CnnlabError
 from cnnlab.models import model_info
@@ -25,26 +26,20 @@ def wants_channels_last(name: str, device: torch.device) -> bool:
 
 
 def resolve_data(config: TrainConfig, say=print) -> TrainConfig:
-    """Check the run's data before anything is built: the path exists, holds the dataset named (or detect which
-    one it holds), and is stored absolute, so `cnnlab eval RUN` works from any folder. Cheap: no image decoded,
-    nothing fetched but what --download must.
+    """Check the run's data before anything is built: --data, else --dataset's copy in the data home (fetched there
+    first under --download); the path exists, holds the dataset named (or detect which one it holds), and is stored
+    absolute, so `cnnlab eval RUN` works from any folder. Cheap: no image decoded, nothing fetched but what
+    --download must.
 
     Sweeps call this for every planned run before the first one starts.
     """
-    from cnnlab.data import DATASETS, check_imagenet_root, detect_dataset
-
     if config.dataset == "synthetic-linear":
         return config
-    if config.download:
-        _choose_copy(config, say)
-    if config.data is None:
-        if config.dataset is None:
-            raise CnnlabError("say what to train on: --data PATH (its dataset is detected from the files) "
-                              "or --dataset synthetic-linear")
-        raise CnnlabError(f"{config.dataset} needs --data PATH (its folder or official archive)")
+    _find_copy(config, say)
     path = Path(config.data).expanduser()
     if not path.exists():
-        raise CnnlabError(f"--data {config.data} does not exist; pass the dataset's folder or archive")
+        raise CnnlabError(f"--data {config.data} does not exist; pass the dataset's folder or archive, or leave "
+                          "--data out to use the data home's copy of --dataset")
     config.data = str(path.resolve())
     if config.cache_dir is not None:
         config.cache_dir = str(Path(config.cache_dir).expanduser().resolve())
@@ -62,21 +57,32 @@ def resolve_data(config: TrainConfig, say=print) -> TrainConfig:
     return config
 
 
-def _choose_copy(config: TrainConfig, say) -> None:
-    """--download: keep --data where it exists, else take the official files from the cache (fetching them the
-    first time). Say which copy the run reads: results on two copies may differ (the shared CIFAR-10 is
-    JPEG-recompressed, the official one is not)."""
-    from cnnlab.data import download_to_cache
-
+def _find_copy(config: TrainConfig, say) -> None:
+    """Set config.data where --data names no existing files: the data home's copy of --dataset, or under
+    --download the official files fetched into the data home. Say which copy the run reads: results on two copies
+    may differ (a JPEG-recompressed CIFAR-10, a subset of Tiny ImageNet)."""
     given = config.data
-    if given is not None and Path(given).expanduser().exists():
-        say(f"data: {given} (it exists, so nothing is downloaded)")
-        return
+    if given is not None and (Path(given).expanduser().exists() or not config.download):
+        if config.download:
+            say(f"data: {given} (it exists, so nothing is downloaded)")
+        return  # an existing --data is used as given; a missing one is refused by the caller
     if config.dataset is None:
-        raise CnnlabError("--download needs --dataset NAME to know what to fetch")
-    config.data = str(download_to_cache(config.dataset, config.cache_dir))
-    missing = f"{given} does not exist, so this run reads " if given is not None else ""
-    say(f"data: {missing}the official {config.dataset} files, downloaded into {config.data} and MD5-checked")
+        if config.download:
+            raise CnnlabError("--download needs --dataset NAME to know what to fetch")
+        raise CnnlabError("say what to train on: --dataset NAME (its files are found in the data home), --data "
+                          "PATH (its dataset is detected from the files) or --dataset synthetic-linear")
+    try:
+        found = home.locate(config.dataset, config.data_root)
+    except home.Missing:
+        if not config.download:
+            raise
+        config.data = str(home.fetch(config.dataset, config.data_root))
+        missing = f"{given} does not exist and the data home has no copy, so this run reads " if given else ""
+        say(f"data: {missing}the official {config.dataset} files, downloaded into {config.data} and MD5-checked")
+        return
+    config.data = str(found.path)
+    say(f"data: {found.path} ({config.dataset} from {home.data_home(config.data_root).said}, "
+        f"{found.describe()})")
 
 
 @dataclass
@@ -128,8 +134,6 @@ def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32, d
 
 def _streamed_data(config: TrainConfig, device: torch.device, dtype, d: Dist) -> Data:
     """ImageNet-style folders: decoded by DataLoader workers, normalised on the device with ImageNet statistics."""
-    from cnnlab.data.stream import StreamingImageFolder, StreamLoader
-
     batched = sorted(set(_added_augmentation(config)) & {"auto_augment", "mixup", "cutmix"})
     if batched:
         raise CnnlabError(f"--{batched[0].replace('_', '-')} works on datasets held in memory; {config.dataset} is "

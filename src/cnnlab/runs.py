@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab import __version__
 from cnnlab.atomic import atomic_write
 from cnnlab.checkpoint import save_checkpoint
 from cnnlab.config import END_OF_CONFIG, TrainConfig, read_toml
@@ -263,7 +264,5 @@ def environment(device: torch.device) -> dict:
         name = torch.cuda.get_device_name(device)
     else:
         name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    from cnnlab import __version__
-
     return {"device": name, "torch": torch.__version__, "python": sys.version.split()[0], "cnnlab": __version__,
             "git_revision": GIT_REVISION}

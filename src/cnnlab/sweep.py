@@ -4,10 +4,11 @@ after another.
     [sweep]                      # where, and which seeds
     out = "runs/ablation"
     seeds = [0, 1, 2]
-    data_root = "../shared/datasets"   # optional: relative `data` values resolve against it (--data-root wins)
+    data_root = "/data/sets"     # optional: where datasets are found (default: the data home, $CNNLAB_DATA)
     [base]                       # any TrainConfig fields
     model = "mlp"
-    data = ["full.zip", "subset.tar.gz"]   # a path, or candidates: the first that exists is used
+    dataset = "cifar10"          # its copy in the data root / data home: the official files first (cnnlab.data.home)
+    # data = ["full.zip", "subset.tar.gz"]   # or a path, or candidates: the first that exists is used
     [[variant]]                  # optional: named sets of overrides (an ablation's rows)
     name = "dropout"
     dropout = 0.5
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from cnnlab.config import TrainConfig, read_toml
+from cnnlab.config import TrainConfig, fit_to_epochs, read_toml
 from cnnlab.errors import CnnlabError
 from cnnlab.presets import find as find_preset
 
@@ -44,9 +45,10 @@ class Sweep:
     """A planned sweep: every run's validated config, with its data resolved, in the order the runs go."""
     file: Path
     out: Path
-    data_root: Path
+    data_root: Path | None  # None: each dataset's copy in the data home
     runs: list[tuple[str, TrainConfig]]
     data_notes: dict[str, str] = field(default_factory=dict)  # run name → which data candidate was taken
+    epoch_notes: dict[str, list[str]] = field(default_factory=dict)  # run name → settings rescaled to its epochs
 
 
 @contextmanager
@@ -113,9 +115,17 @@ def _name_part(key: str, value) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", f"{key}={text}")
 
 
+def _layer(below: dict, above: dict, source: str) -> tuple[dict, list[str]]:
+    """`above`'s settings over `below`'s, with below's positions in epochs rescaled where above changes the epochs."""
+    rescaled, notes = fit_to_epochs(below, above, source)
+    return {**below, **above, **rescaled}, notes
+
+
 def _combinations(spec: dict, overrides: dict, seeds: list[int]):
-    """(run name, settings) for every variant × grid combination × seed, in the order they run."""
-    base = {**spec.get("base", {}), **overrides}
+    """(run name, settings, notes) for every variant × grid combination × seed, in the order they run.
+
+    A variant's or grid point's epochs rescale the [base] settings in epochs, as --set epochs does the sweep file's
+    (fit_to_epochs); the notes say which."""
     grid = spec.get("grid", {})
     for variant in spec.get("variant", [{}]):
         variant = dict(variant)
@@ -124,24 +134,31 @@ def _combinations(spec: dict, overrides: dict, seeds: list[int]):
             settings = dict(zip(grid, combo))
             parts = ([re.sub(r"[^A-Za-z0-9_.-]", "_", label)] if label else []) + [
                 _name_part(k, v) for k, v in settings.items()]
+            values, notes = _layer(spec.get("base", {}), {**variant, **settings}, "[base]'s")
+            values, more = _layer(values, overrides, "the sweep file's")
             for seed in seeds:
-                yield "-".join(parts + [f"seed{seed}"]), {**base, **variant, **settings, "seed": seed}
+                yield "-".join(parts + [f"seed{seed}"]), {**values, "seed": seed}, notes + more
 
 
-def _data_root(path: Path, settings: dict, data_root) -> Path:
+def _data_root(path: Path, settings: dict, data_root) -> Path | None:
+    """--data-root, else the file's [sweep] data_root, else None: datasets are then looked for in the data home."""
     if data_root is not None:
         return Path(data_root).expanduser()
-    value = settings.get("data_root", ".")
+    value = settings.get("data_root")
+    if value is None:
+        return None
     if not isinstance(value, str) or not value:
         raise CnnlabError(f"{path}: [sweep] data_root must be a folder path (a string), got {value!r}")
     return Path(value).expanduser()
 
 
-def _choose_data(values: dict, root: Path) -> tuple[dict, str]:
-    """Settings with `data` resolved against the data root; a list of candidates becomes the first that exists."""
+def _choose_data(values: dict, root: Path | None) -> tuple[dict, str]:
+    """Settings with `data` resolved against the data root; a list of candidates becomes the first that exists.
+    A run without `data` reads its dataset's copy in the data root (else the data home): resolve_data finds it."""
     data = values.get("data")
     if data is None:
-        return values, ""
+        return ({**values, "data_root": str(root)} if root is not None else values), ""
+    root = root if root is not None else Path(".")
     candidates = data if isinstance(data, list) else [data]
     if not candidates or not all(isinstance(c, str) and c for c in candidates):
         raise CnnlabError(f"data must be a path or a non-empty list of paths (the first that exists is used), "
@@ -159,26 +176,34 @@ def _choose_data(values: dict, root: Path) -> tuple[dict, str]:
     return {**values, "data": str(paths[found])}, f"candidate {found + 1} of {len(paths)}{missing}"
 
 
-def _resolve(config: TrainConfig, seen: dict) -> None:
-    """resolve_data once per distinct data setting: a sweep names the same archive many times, each check ~1 s."""
+def _resolve(config: TrainConfig, seen: dict) -> str:
+    """Validate the run, then resolve_data once per distinct data setting (a sweep names the same archive many
+    times, each check ~1 s); what it said about the copy it found, for the dry run."""
+    # Here, not above: they import torch (~2 s), and `cnnlab presets` reads sweep files through this module, so it
+    # must start without torch and matplotlib.
+    from cnnlab.build import validate_config
     from cnnlab.run_data import resolve_data
 
-    key = (config.data, config.dataset, config.cache_dir, config.download)  # what resolve_data reads
+    validate_config(config)
+    key = (config.data, config.data_root, config.dataset, config.cache_dir, config.download)  # what it reads
     if key not in seen:
-        done = resolve_data(dataclasses.replace(config))
-        seen[key] = (done.data, done.dataset, done.cache_dir)
-    config.data, config.dataset, config.cache_dir = seen[key]
+        said = []
+        done = resolve_data(dataclasses.replace(config), say=said.append)
+        seen[key] = (done.data, done.dataset, done.cache_dir, " ".join(said).removeprefix("data: "))
+    config.data, config.dataset, config.cache_dir, note = seen[key]
+    return note
 
 
-def run_settings(path: Path, spec: dict, overrides: dict | None = None) -> list[tuple[str, dict]]:
-    """(run name, settings) of every run a sweep file's tables describe, in order; data not yet resolved."""
+def run_settings(path: Path, spec: dict, overrides: dict | None = None) -> list[tuple[str, dict, list[str]]]:
+    """(run name, settings, notes on settings rescaled to its epochs) of every run a sweep file's tables describe,
+    in order; data not yet resolved."""
     overrides = dict(overrides or {})
     _check_sources(path, spec, overrides)
     seeds = spec.get("sweep", {}).get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise CnnlabError(f"{path}: [sweep] seeds must be a non-empty list of integers")
     combinations = list(_combinations(spec, overrides, seeds))
-    names = [n for n, _ in combinations]
+    names = [n for n, _, _ in combinations]
     if len(set(names)) != len(names):
         raise CnnlabError(f"{path}: two runs would share a folder name; give each [[variant]] a distinct name")
     return combinations
@@ -197,14 +222,17 @@ def plan(path, data_root=None, overrides: dict | None = None) -> Sweep:
     settings = spec.get("sweep", {})
     sweep = Sweep(path, Path(settings.get("out", f"runs/{path.stem}")), _data_root(path, settings, data_root), [])
     seen = {}
-    for name, values in combinations:
+    for name, values, notes in combinations:
         origin = f"{path} ({name})"
+        sweep.epoch_notes[name] = notes
         with _naming(origin):
             values, sweep.data_notes[name] = _choose_data(values, sweep.data_root)
         config = TrainConfig.from_dict(values, origin)
         config.out = str(sweep.out / name)
         with _naming(origin):
-            _resolve(config.validate(), seen)
+            found = _resolve(config, seen)
+        if found and not sweep.data_notes[name]:
+            sweep.data_notes[name] = found.partition(" (")[2].removesuffix(")") or found
         sweep.runs.append((name, config))
     return sweep
 
@@ -222,15 +250,23 @@ def describe(sweep: Sweep) -> list[str]:
               and len({repr(getattr(c, f.name)) for _, c in sweep.runs}) > 1]
     action = {"done": "finished earlier: skipped", "resume": "interrupted: resumed", "new": "to train"}
     n = len(sweep.runs)
-    lines = [f"{sweep.file}: {n} runs into {sweep.out}; data root {sweep.data_root}"]
+    lines = [f"{sweep.file}: {n} runs into {sweep.out}; data: {_where(sweep.data_root)}"]
     for k, (name, config) in enumerate(sweep.runs, 1):
         note = sweep.data_notes.get(name)
         data = config.data or f"none ({config.dataset} is generated)"
         lines += [f"[{k}/{n}] {name} ({action[run_state(Path(config.out))]})",
                   f"    out:      {config.out}",
                   "    settings: " + (" ".join(f"{key}={getattr(config, key)}" for key in differ) or "(one run)"),
+                  *(f"    rescaled: {line}" for line in sweep.epoch_notes.get(name, [])),
                   f"    data:     {data}" + (f" ({note})" if note else "")]
     return lines + ["dry run: nothing trained, nothing created"]
+
+
+def _where(root: Path | None) -> str:
+    from cnnlab.data.home import data_home
+
+    home = data_home(root)
+    return f"{home.path} ({home.said})"
 
 
 def _clock(seconds: float) -> str:
@@ -265,8 +301,8 @@ class SweepProgress:
                 f"{c['done']} finished earlier) in {_clock(self.clock() - self.start)}")
 
 
-def _train_one(config: TrainConfig, state: str, should_stop) -> None:
-    from cnnlab.engine import fit
+def _train_one(config: TrainConfig, state: str, should_stop, notes=()) -> None:
+    from cnnlab.engine import fit  # here: torch, see _resolve
 
     folder = Path(config.out)
     if state == "resume":
@@ -274,7 +310,7 @@ def _train_one(config: TrainConfig, state: str, should_stop) -> None:
         return
     if folder.exists():  # stopped before its first checkpoint: nothing to keep
         shutil.rmtree(folder)
-    fit(config, should_stop=should_stop)
+    fit(config, should_stop=should_stop, notes=notes)
 
 
 def run_sweep(sweep, report: bool = True, log=print, should_stop=None, clock=time.monotonic) -> Path:
@@ -296,14 +332,15 @@ def run_sweep(sweep, report: bool = True, log=print, should_stop=None, clock=tim
         log(f"[{k}/{n}] {name}{' (resuming)' if state == 'resume' else ''} — {progress.status()}")
         start = clock()
         try:
-            _train_one(config, state, functools.partial(should_stop, name) if should_stop else None)
+            _train_one(config, state, functools.partial(should_stop, name) if should_stop else None,
+                       sweep.epoch_notes.get(name, []))
         except SystemExit:
             log(f"sweep stopped in run {k}/{n}; start the same `cnnlab sweep` command again to continue it")
             raise
         progress.finished(state, clock() - start)
     log(progress.summary())
     if report:
-        from cnnlab.report import write_report
+        from cnnlab.report import write_report  # here: matplotlib, see _resolve
 
         target = write_report([Path(c.out) for _, c in sweep.runs], sweep.out / "report")
         log(f"report: {target}")

@@ -22,7 +22,7 @@ TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accura
 def summary_writer():
     """torch's SummaryWriter class; one CnnlabError line when the tensorboard package is missing."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # the optional `tensorboard` extra
     except ImportError:
         raise CnnlabError(MISSING) from None
     return SummaryWriter

@@ -1,18 +1,21 @@
 """Datasets in their official formats → cached uint8 arrays → loaders.
 
-    ds = load_dataset("cifar10", "../shared/datasets/cifar10-jpeg.tar.gz")   # decoded once, then cached
-    ds = load_dataset(None, "../shared/datasets/cifar10-jpeg.tar.gz")        # the same cache: detected as cifar10
+    ds = load_dataset("cifar10", "data/cifar-10-python.tar.gz")   # decoded once, then cached
+    ds = load_dataset(None, "data/cifar-10-python.tar.gz")        # the same cache: detected as cifar10
+    home.locate("cifar10").path                                   # its copy in the data home ($CNNLAB_DATA)
     train_idx, val_idx = split_train_val(ds.train.labels, 0.1, seed=0)
 """
 
 import os
 import re
 import time
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from cnnlab.data import cache
+from cnnlab.data import cache, home
 from cnnlab.data.arrays import Dataset, Split, split_train_val
 from cnnlab.data.official import checksum_status, download
 from cnnlab.data.folder import list_tree
@@ -26,28 +29,29 @@ DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagenet", "mnist", "synthet
 CLASS_COUNTS = {"cifar10": (10,), "cifar100": (100, 20), "tinyimagenet": (200,), "mnist": (10,)}
 STREAMED = ("imagenet",)
 
-__all__ = ["DATASETS", "Dataset", "Split", "dataset_info", "detect_dataset", "download_to_cache", "load_dataset",
+__all__ = ["DATASETS", "Dataset", "Split", "dataset_info", "detect_dataset", "load_dataset",
            "split_train_val", "synthetic_linear"]
 
 
-def _resolve(name: str | None, path, download_first: bool) -> Path:
+def _resolve(name: str | None, path, download_first: bool, data_root=None) -> Path:
     if name is not None:
         check_choice("dataset", name, DATASETS)
     if name == "synthetic-linear":
         return Path()
-    if path is None:
-        raise CnnlabError(f"dataset {name or ''} needs --data PATH (its folder or official archive)".replace("  ", " "))
+    if path is None:  # the dataset's copy in the data home, fetched there first if asked
+        if name is None:
+            raise CnnlabError("say which data: a folder or archive, or --dataset NAME for its copy in the data home")
+        try:
+            return home.locate(name, data_root).path
+        except home.Missing:
+            if not download_first:
+                raise
+            return home.fetch(name, data_root)
     if download_first:
         if name is None:
             raise CnnlabError("--download needs --dataset NAME to know what to fetch")
         return download(name, Path(path))
     return Path(path).expanduser()
-
-
-def download_to_cache(name: str, cache_dir=None) -> Path:
-    """The dataset's official files in the cache's downloads/<name>/, fetched and MD5-checked unless already there."""
-    cache_dir = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
-    return download(name, cache_dir / "downloads" / name)
 
 
 def _imagenet_layout(path: Path) -> bool:
@@ -81,14 +85,15 @@ def detect_dataset(path, cache_dir=None) -> str:
 
 
 def load_dataset(name: str | None = None, path=None, *, labels: str = "fine", cache_dir=None,
-                 skip_bad_images: bool = False, download: bool = False) -> Dataset:
+                 skip_bad_images: bool = False, download: bool = False, data_root=None) -> Dataset:
     """Read a dataset from its files (format detected from the path), caching the decoded arrays.
 
     name: one of DATASETS, or None to detect it from the files. labels: CIFAR-100's `fine` (100) or `coarse` (20).
     The cache is keyed by the dataset's name whether it was given or detected, so `data prepare X` and
-    `train --dataset cifar10 --data X` share one copy.
+    `train --dataset cifar10 --data X` share one copy. Without a path, the dataset's copy in the data home
+    (`data_root`, else $CNNLAB_DATA, else ~/.cache/cnnlab/datasets).
     """
-    path = _resolve(name, path, download)
+    path = _resolve(name, path, download, data_root)
     if name == "synthetic-linear":
         return synthetic_linear()
     if name in STREAMED:
@@ -156,10 +161,6 @@ def check_imagenet_root(path) -> Path:
 
 
 def _header_size(data: bytes, channels: int) -> str:
-    from io import BytesIO
-
-    from PIL import Image
-
     try:
         with Image.open(BytesIO(data)) as im:
             size = f"{im.width}×{im.height}"
@@ -169,7 +170,7 @@ def _header_size(data: bytes, channels: int) -> str:
 
 
 def dataset_info(path, name: str | None = None, *, labels: str = "fine", cache_dir=None,
-                 skip_bad_images: bool = False, download: bool = False) -> dict:
+                 skip_bad_images: bool = False, download: bool = False, data_root=None) -> dict:
     """What `cnnlab data info` prints: format, split sizes, classes, image size, checksum status.
 
     Cheap by design: it reads the prepared cache when there is one, else the metadata and file names (Tiny
@@ -181,10 +182,10 @@ def dataset_info(path, name: str | None = None, *, labels: str = "fine", cache_d
         return {"path": "", "dataset": name, "format": dataset.format, "classes": [], "read": "generated",
                 "splits": {s: len(v) for s, v in dataset.splits.items()}, "per_class": {},
                 "image_size": f"{dataset.image_shape[0]} features", "checksum": "n/a (generated)", "notes": {}}
-    path = _resolve(name, path, download)
+    path = _resolve(name, path, download, data_root)
     name = name or detect_dataset(path, cache_dir)
     if name in STREAMED:
-        from cnnlab.data.stream import list_image_folder
+        from cnnlab.data.stream import list_image_folder  # here: it imports torch; other datasets' info needs none
 
         root = check_imagenet_root(path)
         splits, per_class, classes = {}, {}, []

@@ -24,9 +24,13 @@ OFFICIAL = {
         ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
         ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c")]],
 }
-# The binary CIFAR-10 archive is official too; it is recognised, though --download fetches the python one.
-KNOWN_MD5 = {md5: name for files in OFFICIAL.values() for name, _, md5 in files}
-KNOWN_MD5["c32a1d4ab5d03f1284b67883e8d87530"] = "cifar-10-binary.tar.gz"
+# Official archives recognised, though --download fetches others (the binary CIFAR-10 for the python one).
+OTHER_MD5 = {"c32a1d4ab5d03f1284b67883e8d87530": "cifar-10-binary.tar.gz"}
+
+
+def known_md5() -> dict[str, str]:
+    """MD5 → official file name, read from OFFICIAL when asked (so a table edited at run time is the truth)."""
+    return {**OTHER_MD5, **{md5: name for files in OFFICIAL.values() for name, _, md5 in files}}
 
 
 def md5_of(path: Path) -> str:
@@ -43,7 +47,8 @@ def checksum_status(path: Path) -> str:
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in (".gz", ".zip", ".tgz"))
     if not files:
         return "n/a (an extracted folder; checksums are published for archives)"
-    names = [KNOWN_MD5.get(md5_of(f)) for f in files]
+    known = known_md5()
+    names = [known.get(md5_of(f)) for f in files]
     if all(names):
         return "official (" + ", ".join(names) + ")"
     return "not an official archive (its checksum matches no published one; accepted for its structure)"

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from cnnlab.data.images import IMAGE_SUFFIXES as IMAGE_EXTENSIONS, is_image
-from cnnlab.data.loader import EpochOrder
+from cnnlab.data.loader import EpochOrder, to_model_input
 from cnnlab.errors import CnnlabError, check_positive_int
 
 
@@ -231,8 +231,6 @@ class StreamLoader(EpochOrder):
     def __init__(self, dataset: StreamingImageFolder, indices, *, batch_size: int, device, train: bool, mean, std,
                  dtype=torch.float32, channels_last: bool = True, workers: int = 4, seed: int = 0,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1):
-        from cnnlab.data.loader import to_model_input
-
         self._to_model_input = to_model_input
         self.dataset, self.indices = dataset, torch.as_tensor(np.asarray(indices), dtype=torch.int64)
         self.device = torch.device(device)

@@ -2,17 +2,17 @@
 
     cnnlab train --config speedrun-cifar10     # a training preset: TrainConfig fields
     cnnlab sweep seed-report                   # a sweep preset: [sweep], [base], [[variant]], [grid]
-    cnnlab presets [NAME]                      # list them, or print one to copy and edit
+    cnnlab presets [NAME]                      # list them (cli.py), or print one to copy and edit
 
-A path is accepted wherever a name is, and an existing file wins over a preset of the same name. Relative paths
-inside a preset (`data`, `data_root`, `out`) resolve against the current folder, as those of any config file do,
-never against the package's folder: "../shared/datasets/…" is the shared folder beside the folder you run in (a
-checkout's root); anywhere else, --data or --data-root says where the data is.
+A path is accepted wherever a name is, and an existing file wins over a preset of the same name. Presets name
+datasets, not files: each run reads its dataset's copy in the data home (cnnlab.data.home: $CNNLAB_DATA, else
+~/.cache/cnnlab/datasets; --data-root or --data say otherwise). Relative paths in a config file (`out`, a `data`
+you add) resolve against the current folder, never against the package's folder.
 """
 
 from pathlib import Path
 
-from cnnlab.config import TrainConfig, read_toml
+from cnnlab.config import read_toml
 from cnnlab.errors import CnnlabError
 
 FOLDER = Path(__file__).resolve().parent
@@ -58,29 +58,3 @@ def find(name_or_path, kind: str) -> Path:
     hint = f" (the preset {name} has its name: `{COMMANDS[kind].format(name)}`)" if name in names() else ""
     raise CnnlabError(f"{FILE_NOUNS[kind]} {name_or_path} does not exist{hint}; pass an existing file or one of "
                       f"the {kind} presets: {listed}")
-
-
-def summary(path: Path) -> tuple[str, str]:
-    """(kind, what it trains) of a preset, read from its settings: `mlp on mnist, 10 epochs`, `30 runs of mlp on
-    cifar10`."""
-    from cnnlab.sweep import read_sweep, run_settings  # here, not above: cnnlab.sweep imports this module
-
-    values = read_toml(path, "preset")
-    if kind_of(values) == "train":
-        config = TrainConfig.from_toml(path)
-        return "train", f"{config.model} on {config.dataset or 'the dataset --data holds'}, {config.epochs} epochs"
-    runs = [settings for _, settings in run_settings(path, read_sweep(path))]
-    models = dict.fromkeys(s.get("model", TrainConfig.model) for s in runs)
-    datasets = dict.fromkeys(s.get("dataset") or "the dataset its data holds" for s in runs)
-    return "sweep", f"{len(runs)} runs of {', '.join(models)} on {', '.join(datasets)}"
-
-
-def listing(folder: Path = FOLDER) -> list[str]:
-    """What `cnnlab presets` prints: a table of every preset's name, kind and what it trains, then how to use one."""
-    rows = [(name, *summary(folder / f"{name}.toml")) for name in names(folder)]
-    width = max(len("NAME"), *(len(name) for name, _, _ in rows))
-    lines = [f"{'NAME':<{width}}  KIND   WHAT"] + [f"{n:<{width}}  {k:<5}  {what}" for n, k, what in rows]
-    return lines + ["", "Run one: cnnlab train --config NAME (train), cnnlab sweep NAME (sweep). Copy one to edit: "
-                        "cnnlab presets NAME > mine.toml",
-                    "Their relative paths (data, data_root, out) start from the current folder; --data or "
-                    "--data-root overrides them."]

@@ -12,7 +12,7 @@ from cnnlab.report.runs import Run, load_runs
 
 # Where data and outputs live says nothing about what was trained: the same experiment on another machine. Nor does
 # a second view of the numbers (--tensorboard): a run with it repeats one without.
-IGNORED = ("out", "data", "cache_dir", "download", "tensorboard", "tensorboard_every")
+IGNORED = ("out", "data", "data_root", "cache_dir", "download", "tensorboard", "tensorboard_every")
 # Runs equal in everything but these are repeats of one experiment.
 GROUP_IGNORED = IGNORED + ("seed",)
 # Shown in their own columns, so never repeated among the differing hyperparameters.
@@ -169,9 +169,10 @@ def format_value(value) -> str:
 
 
 def _identity(run: Run) -> dict:
-    # summary.json names the resolved model (a paper letter such as "D" becomes vgg16).
+    # summary.json names the resolved model (a paper letter such as "D" becomes vgg16) and the copy of the data
+    # (a subset or re-encoded copy is labelled so: "tinyimagenet (train100 subset)").
     return {"model": run.summary.get("model", run.config.get("model")),
-            "dataset": run.summary.get("dataset", run.config.get("dataset"))}
+            "dataset": run.summary.get("data_label") or run.summary.get("dataset", run.config.get("dataset"))}
 
 
 def config_key(value):

@@ -3,6 +3,7 @@ metrics.csv rows."""
 
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure  # not pyplot: no global backend switch, so a notebook keeps its own
 
 
@@ -49,8 +50,6 @@ def save_curves(rows: list[dict], path: Path, title: str = "", small: bool = Fal
 
 def save_confusion(confusion, classes: list[str], path: Path) -> Path:
     """Row-normalised confusion matrix (true class down, predicted across); counts written when small."""
-    import numpy as np
-
     k = len(classes)
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     size = min(14, 3 + 0.45 * k)

@@ -11,6 +11,7 @@ import io
 import time
 from pathlib import Path
 
+from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 from cnnlab.report.compare import (GROUP_IGNORED, IDENTITY, IGNORED, Stat, best_run, differing_fields, factors,
                                    format_value, group_runs, grouped_table, primary_metric, results_table,
@@ -59,8 +60,6 @@ def write_report(runs, out_dir) -> Path:
 
 def report_blocks(runs) -> list[tuple]:
     """The report's content: ("h1"|"h2"|"p"|"note", text), ("table", rows) or ("img", file name, PNG bytes, alt)."""
-    from cnnlab import __version__
-
     runs = load_runs(runs)
     metric = primary_metric(runs)
     blocks = [("h1", f"cnnlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}"),
@@ -80,6 +79,10 @@ def report_blocks(runs) -> list[tuple]:
                ("p", "Columns between dataset and parameters are the settings that differ between the runs "
                      f"({', '.join(IGNORED)} are not compared). Best val acc and loss are the best epoch's, from "
                      "metrics.csv; test numbers are the best checkpoint's, from summary.json.")]
+    copies = dict.fromkeys((r.summary.get("data_label"), r.summary.get("data_copy")) for r in runs
+                           if r.summary.get("data_copy"))
+    if copies:
+        blocks.append(("p", "Data: " + "; ".join(f"{label}: {what}" for label, what in copies) + "."))
     shared = _shared_settings(runs)
     if shared:
         blocks.append(("p", "Settings shared by all runs: " + shared + "."))

@@ -7,6 +7,7 @@ script drawing a hundred reports does not pile up open figures) and no backend i
 
 import io
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -137,8 +138,6 @@ def factor_figures(runs, metric: str | None = None) -> list[tuple[str, Figure]]:
 
 
 def _colours(n: int) -> list:
-    from matplotlib import colormaps
-
     if n <= 10:
         return [colormaps["tab10"](i) for i in range(n)]
     if n <= 20:
