@@ -4,8 +4,9 @@ A fenced block whose info string says `runnable` (```` ```sh runnable ````, ````
 ```` ```python runnable ````) runs as written; any other sh block is in TWINS, which gives why it is not run as
 written and the cheaper form that is run instead (fewer epochs, a subset, the CPU, 2 processes for 8 GPUs), or in
 NOT_RUN, which says where it is tested. Blocks run in page order in one scratch folder per page, the way a reader
-would type them: `../shared/datasets` holds small fixtures under the shared folder's names, `cnnlab` and `python` are
-this checkout's, and images named in the commands (cat.png, dog.jpg, photos/, more/) exist. After each block its
+would type them: the data home ($CNNLAB_DATA) and ~/Downloads hold small fixtures in the official formats under
+the official names, `cnnlab` and `python` are this checkout's, and the images the commands name (cat.png, dog.jpg,
+photos/, more/) exist. After each block its
 check reads what the block says it writes (a run's summary.json, the files eval draws, a CSV). A console block's
 output must be what the command prints. By default only the FAST blocks run (about a minute on 2 cores); every
 block runs under the `slow` marker (about five minutes).
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_fixtures import rng_images, tar_folder, wnids, write_shared_datasets, write_tinyimagenet
+from data_fixtures import rng_images, tar_folder, wnids, write_cifar10_python, write_mnist_idx, write_tinyimagenet
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(f"docs/{p.name}" for p in (REPO / "docs").glob("*.md"))]
@@ -77,11 +78,9 @@ class Twin:
 CHEAP = "--epochs 1 --subset 64 --device cpu"
 
 TWINS = {
-    ("README.md", "cnnlab train --model resnet18 --dataset cifar10 --data ../shared/datasets/cifar10-jpeg.tar.gz "
-                  "--out runs/r18"): Twin(
+    ("README.md", "cnnlab train --model resnet18 --dataset cifar10 --out runs/r18"): Twin(
         "10 epochs of ResNet-18 on CIFAR-10", (("--out runs/r18\n", f"--out runs/r18 {CHEAP}\n"),)),
-    ("docs/training.md", "cnnlab train --model resnet18 --dataset cifar10 --data "
-                         "../shared/datasets/cifar10-jpeg.tar.gz \\"): Twin(
+    ("docs/training.md", "cnnlab train --model resnet18 --dataset cifar10 \\"): Twin(
         "30 epochs of ResNet-18 on a GPU",
         (("--device cuda --out runs/r18-cifar10\n", f"--device cuda --out runs/r18-cifar10 {CHEAP}\n"),)),
     ("docs/speed.md", "cnnlab train --config speedrun-cifar10       # one run: ~8 min on 2 CPU cores with bf16 "
@@ -89,8 +88,7 @@ TWINS = {
         "10 epochs on all 50,000 images, then 6 more runs; the benchmark's CPU form needs the real CIFAR-10 to reach "
         "the accuracy it checks",
         (("cnnlab train --config speedrun-cifar10 ",
-          # the preset warms up for 2.3 epochs, which a 1-epoch run refuses
-          f"cnnlab train --config speedrun-cifar10 {CHEAP} --warmup-epochs 0.3 --out runs/speedrun "),
+          f"cnnlab train --config speedrun-cifar10 {CHEAP} --out runs/speedrun "),
          ("python benchmarks/speedrun.py ",
           f"python benchmarks/speedrun.py --device cpu --quick --seeds 1 --no-warmup --data {REAL_CIFAR} ")),
         real_data=True),
@@ -104,7 +102,7 @@ TWINS = {
          ("--nnodes=2 --node_rank=$NODE_RANK --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HOST:29500",
           "--nnodes=1 --node_rank=$NODE_RANK --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=$HOST:{port}"),
          ("--data /data/imagenet --batch-size 2048 --lr 0.8 …",
-          "--data ../shared/datasets/imagenet --batch-size 8 --lr 0.8 --epochs 1 --device cpu --out runs/r50")),
+          "--data \"$CNNLAB_DATA/imagenet\" --batch-size 8 --lr 0.8 --epochs 1 --device cpu --out runs/r50")),
         before="NODE_RANK=0\nHOST=127.0.0.1\n"),
     ("docs/reports.md", "cnnlab report runs/a runs/b runs/c -o reports/abc     # or a folder of runs, such as a "
                         "sweep's"): Twin(
@@ -112,8 +110,8 @@ TWINS = {
         (("cnnlab sweep ablation-regularization ",
           "cnnlab sweep ablation-regularization --set epochs=1 --set subset=64 --set device=cpu "),
          ("--data-root /data/sets --set epochs=1",
-          "--data-root ../shared/datasets --set epochs=1 --set subset=64 --set device=cpu --set test_subset=64")),
-        before="".join(f"cnnlab train --model mlp --data ../shared/datasets/mnist-png.tar.gz --epochs 2 --seed {k} "
+          "--data-root \"$CNNLAB_DATA\" --set epochs=1 --set subset=64 --set device=cpu --set test_subset=64")),
+        before="".join(f"cnnlab train --model mlp --dataset mnist --epochs 2 --seed {k} "
                        f"--out runs/{run}\n" for k, run in enumerate("abc"))),
     ("docs/trust.md", "python benchmarks/kill_resume.py         # from the repository's root; --kills 10 --epochs "
                       "40 by default"): Twin(
@@ -129,19 +127,17 @@ NOT_RUN = {
 
 # What a page assumes exists before its first block: evaluation.md's commands take training.md's first run.
 PAGE_SETUP = {
-    "docs/evaluation.md": "cnnlab train --model resnet18 --dataset cifar10 --data ../shared/datasets/cifar10-jpeg.tar.gz "
-                          f"--out runs/r18-cifar10 {CHEAP}\n",
+    "docs/evaluation.md": f"cnnlab train --model resnet18 --dataset cifar10 --out runs/r18-cifar10 {CHEAP}\n",
 }
 
 # The default run: each command family once (train, eval, predict, data, models, presets, sweep --dry-run), about
 # 15 processes; every block runs, in page order, under the `slow` marker.
 FAST = {
-    ("README.md", "cnnlab train --model resnet18 --dataset cifar10 --data ../shared/datasets/cifar10-jpeg.tar.gz "
-                  "--out runs/r18"),
+    ("README.md", "cnnlab train --model resnet18 --dataset cifar10 --out runs/r18"),
     ("docs/methods.md", "cnnlab train --model linreg --dataset synthetic-linear --batch-size 10 --epochs 3 --lr "
                         "0.03 --momentum 0 --out runs/linreg"),
-    ("docs/data.md", "cnnlab data info ../shared/datasets/cifar10-jpeg.tar.gz      # format, splits, classes, "
-                     "image size, checksum status"),
+    ("docs/data.md", "cnnlab data info --dataset cifar10        # format, splits, classes, image size, checksum "
+                     "status"),
     ("docs/models.md", "from cnnlab import create_model, list_models"),
     ("docs/models.md", "cnnlab models"),
     ("docs/models.md", "cnnlab models --head tiny"),
@@ -178,7 +174,7 @@ def predicted(out: str, images: list[str], k: int) -> None:
 
 def check_next(work, out):
     trained(work, "runs/r18", "resnet18", "cifar10")
-    assert json.loads((work / "runs/r18/eval_test.json").read_text())["n"] == 80  # the whole test split
+    assert json.loads((work / "runs/r18/eval_test.json").read_text())["n"] == CIFAR_TEST  # the whole split
     predicted(out, ["cat.png", "dog.jpg"], 5)
 
 
@@ -188,8 +184,8 @@ def check_train_r18(work, out):
 
 
 def check_softmax_detected(work, out):
-    s = summary(only_run("runs/softmax-mnist-*", work))
-    assert s["dataset"] == "mnist" and s["epochs_run"] == 10
+    s = summary(only_run("runs/softmax-cifar10-*", work))
+    assert s["dataset"] == "cifar10" and s["epochs_run"] == 10
 
 
 def check_config_repeat(work, out):
@@ -233,7 +229,7 @@ def check_data(work, out):
 
 
 def check_eval_predict_explain(work, out):
-    assert json.loads((work / "runs/r18-cifar10/eval_test.json").read_text())["n"] == 80
+    assert json.loads((work / "runs/r18-cifar10/eval_test.json").read_text())["n"] == CIFAR_TEST
     for name in ("confusion_test.png", "reliability_test.png", "filters.png", "mistakes_test.png",
                  "explain/cat_explain.png", "explain/dog_explain.png"):
         assert (work / "runs/r18-cifar10" / name).exists(), name
@@ -245,8 +241,8 @@ def check_eval_predict_explain(work, out):
 
 def check_save_predictions(work, out):
     npz = np.load(work / "runs/r18-cifar10/predictions_test.npz")
-    assert len(next(iter(npz.values()))) == 80
-    assert len((work / "predictions_test.csv").read_text().splitlines()) == 81
+    assert len(next(iter(npz.values()))) == CIFAR_TEST
+    assert len((work / "predictions_test.csv").read_text().splitlines()) == CIFAR_TEST + 1
 
 
 def check_explain_class(work, out):
@@ -275,11 +271,10 @@ def check_torchrun(work, out):
 
 
 def check_reports(work, out):
-    html = (work / "reports/abc/index.html").read_text()
-    assert all(run in html for run in ("runs/a", "runs/b", "runs/c")) or html.count("<tr") >= 4
-    assert len(list((work / "runs/ablation-regularization").glob("*/summary.json"))) == 30
-    assert (work / "runs/ablation-regularization/report/index.html").exists() or \
-        list((work / "runs/ablation-regularization").glob("**/index.html"))
+    md = (work / "reports/abc/results.md").read_text()
+    assert all(f"| {run} | mlp | mnist |" in md for run in "abc") and (work / "reports/abc/index.html").exists(), md
+    ablation = work / "runs/ablation-regularization"
+    assert len(list(ablation.glob("*/summary.json"))) == 30 and (ablation / "report/index.html").exists()
     assert len(list((work / "runs/seed-report").glob("*/summary.json"))) == 4
 
 
@@ -293,34 +288,30 @@ def check_kill_resume(work, out):
 
 
 CHECKS = {
-    ("README.md", "cnnlab train --model resnet18 --dataset cifar10 --data ../shared/datasets/cifar10-jpeg.tar.gz "
-                  "--out runs/r18"): check_next,
-    ("docs/training.md", "cnnlab train --model resnet18 --dataset cifar10 --data "
-                         "../shared/datasets/cifar10-jpeg.tar.gz \\"): check_train_r18,
-    ("docs/training.md", "cnnlab train --model softmax --data ../shared/datasets/mnist-png.tar.gz"):
+    ("README.md", "cnnlab train --model resnet18 --dataset cifar10 --out runs/r18"): check_next,
+    ("docs/training.md", "cnnlab train --model resnet18 --dataset cifar10 \\"): check_train_r18,
+    ("docs/training.md", "cnnlab train --model softmax --data ~/Downloads/cifar-10-python.tar.gz"):
         check_softmax_detected,
-    ("docs/training.md", "cnnlab train --model mlp --data ../shared/datasets/mnist-png.tar.gz --epochs 2 --out "
-                         "runs/x"): check_config_repeat,
-    ("docs/training.md", "cnnlab train --model mlp --data ../shared/datasets/mnist-png.tar.gz --epochs 2 "
-                         "--tensorboard --out runs/tb"): check_tensorboard,
-    ("docs/methods.md", "cnnlab train --model softmax --data ../shared/datasets/mnist-png.tar.gz --batch-size all "
-                        "--momentum 0 --epochs 2 --out runs/gd"): check_methods_gd,
+    ("docs/training.md", "cnnlab train --model mlp --dataset mnist --epochs 2 --out runs/x"): check_config_repeat,
+    ("docs/training.md", "cnnlab train --model mlp --dataset mnist --epochs 2 --tensorboard --out runs/tb"):
+        check_tensorboard,
+    ("docs/methods.md", "cnnlab train --model softmax --dataset mnist --batch-size all --momentum 0 --epochs 2 --out "
+                        "runs/gd"): check_methods_gd,
     ("docs/methods.md", "cnnlab train --model linreg --dataset synthetic-linear --batch-size 10 --epochs 3 --lr "
                         "0.03 --momentum 0 --out runs/linreg"): check_linreg,
-    ("docs/methods.md", "cnnlab train --model mlp --data ../shared/datasets/mnist-png.tar.gz --epochs 2 "
-                        "--ema-decay 0.99 --clip-grad-norm 1 \\"): check_extras,
-    ("docs/methods.md", "cnnlab train --model resnet18 --data ../shared/datasets/cifar10-jpeg.tar.gz --epochs 1 "
-                        "--subset 64 --out runs/cifar"): check_finetune,
-    ("docs/data.md", "cnnlab data info ../shared/datasets/cifar10-jpeg.tar.gz      # format, splits, classes, "
-                     "image size, checksum status"): check_data,
+    ("docs/methods.md", "cnnlab train --model mlp --dataset mnist --epochs 2 --ema-decay 0.99 --clip-grad-norm 1 \\"):
+        check_extras,
+    ("docs/methods.md", "cnnlab train --model resnet18 --dataset cifar10 --epochs 1 --subset 64 --out runs/cifar"):
+        check_finetune,
+    ("docs/data.md", "cnnlab data info --dataset cifar10        # format, splits, classes, image size, checksum "
+                     "status"): check_data,
     ("docs/evaluation.md", "cnnlab eval runs/r18-cifar10                 # top-1/5, per class, confusion matrix, "
                            "calibration (ECE), the first"): check_eval_predict_explain,
     ("docs/evaluation.md", "cnnlab eval runs/r18-cifar10 --save-predictions"): check_save_predictions,
     ("docs/evaluation.md", "cnnlab explain runs/r18-cifar10 cat.png --class cat --out explained"):
         check_explain_class,
     ("docs/evaluation.md", "cnnlab export runs/r18-cifar10 --format torchscript"): check_export,
-    ("docs/speed.md", "cnnlab train --model resnet18 --data ../shared/datasets/cifar10-jpeg.tar.gz --epochs 1 "
-                      "--subset 64 \\"): check_speed,
+    ("docs/speed.md", "cnnlab train --model resnet18 --dataset cifar10 --epochs 1 --subset 64 \\"): check_speed,
     ("docs/speed.md", "cnnlab train --config speedrun-cifar10       # one run: ~8 min on 2 CPU cores with bf16 "
                       "(90.5 %), 3 s on an H100"): check_speedrun,
     ("docs/distributed.md", "torchrun --standalone --nproc_per_node=8 -m cnnlab train --model resnet18 --dataset "
@@ -361,31 +352,49 @@ def write_imagenet(root: Path, classes=4, per_class=4) -> None:
                     root / split / wnid / f"{wnid}_{k}.JPEG", format="JPEG")
 
 
+CIFAR_PER_BATCH = 16
+CIFAR_TEST = CIFAR_PER_BATCH  # cifar-10-python's test_batch
+
+
+def write_official(folder: Path) -> Path:
+    """The official archives and files under their official names: cifar-10-python.tar.gz, mnist/ (four idx
+    files), tiny-imagenet-200.zip and an ImageNet folder."""
+    scratch = folder / "scratch"
+    cifar, _ = write_cifar10_python(scratch, per_batch=CIFAR_PER_BATCH)
+    tar_folder(cifar, folder / "cifar-10-python.tar.gz")
+    shutil.rmtree(scratch)
+    write_mnist_idx(folder / "mnist", n_train=80, n_test=20)
+    write_tinyimagenet(folder, per_class=2, n_val=20)
+    write_imagenet(folder / "imagenet")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A folder holding shared/datasets (fixtures under the shared folder's names), a bin/ with this checkout's
-    cnnlab and python, a cache and a home; returns it with the environment the blocks run in."""
+    """A folder holding the data home and ~/Downloads (official-format fixtures), a bin/ with this checkout's cnnlab
+    and python, a cache; returns it with the environment the blocks run in."""
     root = tmp_path_factory.mktemp("docs")
-    data = write_shared_datasets(root / "shared" / "datasets", per_class=8)
-    tiny, _ = write_tinyimagenet(root / "scratch", per_class=2, n_val=20, as_zip=False)
-    tar_folder(tiny, data / "tiny-imagenet-200-sample.tar.gz")
-    write_imagenet(data / "imagenet")
-    shutil.rmtree(root / "scratch")
+    data = write_official(root / "data")
+    (root / "home").mkdir()
+    downloads = root / "home" / "Downloads"
+    downloads.mkdir()
+    for name in ("cifar-10-python.tar.gz", "tiny-imagenet-200.zip"):
+        shutil.copy(data / name, downloads / name)
     bin_dir = root / "bin"
     bin_dir.mkdir()
     for name, run in (("cnnlab", f'"{sys.executable}" -m cnnlab'), ("python", f'"{sys.executable}"')):
         (bin_dir / name).write_text(f'#!/bin/sh\nexec {run} "$@"\n')
         (bin_dir / name).chmod(0o755)
-    (root / "home").mkdir()
     env = dict(os.environ, PATH=os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]),
-               PYTHONPATH=str(REPO / "src"), HOME=str(root / "home"), CNNLAB_CACHE_DIR=str(root / "cache"),
-               MPLBACKEND="Agg", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+               PYTHONPATH=str(REPO / "src"), HOME=str(root / "home"), CNNLAB_DATA=str(data),
+               CNNLAB_CACHE_DIR=str(root / "cache"), MPLBACKEND="Agg",
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     env.pop("XDG_CACHE_HOME", None)
     return root, env
 
 
 def workspace(world, page: str) -> Path:
-    """A fresh folder beside shared/ for one page, with the images its commands name and benchmarks/."""
+    """A fresh folder for one page, with the images its commands name and benchmarks/."""
     root, _ = world
     work = root / page.replace("/", "_").removesuffix(".md")
     work.mkdir()
