@@ -84,7 +84,7 @@ def test_an_archive_and_its_extracted_folder_that_disagree_are_refused(tmp_path)
     assert home.locate("cifar10", tmp_path).path.name == "cifar-10-python.tar.gz"  # the two agree
     (folder / "data_batch_5").write_bytes((folder / "data_batch_5").read_bytes()[:-10])  # a damaged extraction
     with pytest.raises(CnnlabError, match=rf"^{tmp_path} holds both cifar-10-python.tar.gz and cifar-10-batches-py/,"
-                                          r" but they differ \(first difference: data_batch_5\); delete the one"):
+                                          r" but they differ \(first difference: cifar-10-batches-py/data_batch_5\); delete"):
         home.locate("cifar10", tmp_path)
 
 

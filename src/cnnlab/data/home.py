@@ -10,6 +10,8 @@ listing starts fast.
 """
 
 import os
+import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,8 +109,8 @@ def _check_folder(home: Home) -> None:
     # A home someone named must exist: a typo would otherwise read as "no data". The default may not exist yet.
     if home.origin != "default" and not home.path.is_dir():
         where = "a file" if home.path.exists() else "missing"
-        raise Missing(f"data home {home.path} ({home.said}) is {where}, not a folder; point {home.said} at "
-                          f"the folder that holds your datasets, or create it")
+        raise Missing(f"data home {home.path} ({home.said}) is {where}, not a folder; point {home.said} at the "
+                      "folder that holds your datasets, or create it")
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class Found:
     dataset: str
 
     def describe(self) -> str:
-        """`the official archive (CIFAR-10, python version)`, `a subset (train100: …)`: what a run on it is."""
+        """What a run on this copy is a run on: `the official files: CIFAR-10, python version`, `a subset: …`."""
         article = {"official": "the official files", "official, extracted": "the official archive, extracted",
                    "subset": "a subset", "re-encoded": "a re-encoded copy", "folder": "a folder"}[self.copy.kind]
         return f"{article}: {self.copy.about}"
@@ -164,12 +166,13 @@ def fetch_hint(dataset: str, folder: Path) -> str:
 
 
 def _check_agreement(folder: Path, present: list[Copy]) -> None:
-    """An official archive and its extracted folder side by side must hold the same files: a half-extracted or
-    edited folder would otherwise be trained on while the archive's checksum vouches for it."""
+    """An official archive and its extracted folder side by side (torchvision's root keeps both) must hold the same
+    files: a half-extracted or edited folder would otherwise be trained on while the archive's checksum vouches for
+    it. Names and sizes only, from the archive's headers: no member is read."""
     names = {c.name for c in present}
     for copy in present:
         if copy.archive_of and copy.archive_of in names:
-            archive, extracted = _listing(folder / copy.archive_of), _listing(folder / copy.name)
+            archive, extracted = _archive_listing(folder / copy.archive_of), _folder_listing(folder, copy.name)
             if archive != extracted:
                 differ = sorted(set(archive.items()) ^ set(extracted.items()))[0][0]
                 raise CnnlabError(f"{folder} holds both {copy.archive_of} and {copy.name}/, but they differ (first "
@@ -177,16 +180,17 @@ def _check_agreement(folder: Path, present: list[Copy]) -> None:
                                   "one to use")
 
 
-def _listing(path: Path) -> dict[str, int]:
-    """{file name: size} of a dataset's files below its format's root folder, archive or folder alike."""
-    from cnnlab.data.formats import detect  # the readers import numpy; only needed when two copies are compared
-    from cnnlab.data.source import open_source
+def _archive_listing(path: Path) -> dict[str, int]:
+    """{member name: size} of an archive's regular files (its official top folder included in the names)."""
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as archive:
+            return {i.filename: i.file_size for i in archive.infolist() if not i.is_dir()}
+    with tarfile.open(path) as archive:
+        return {m.name.removeprefix("./"): m.size for m in archive.getmembers() if m.isfile()}
 
-    source = open_source(path)
-    detect(source)
-    if source.kind == "directory":
-        return {n: (source.path / source.prefix / n).stat().st_size for n in source.names()}
-    return {n: len(source.read(n)) for n in source.names()}
+
+def _folder_listing(root: Path, name: str) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in (root / name).rglob("*") if p.is_file()}
 
 
 def fetch(dataset: str, root=None) -> Path:
