@@ -63,8 +63,8 @@ bench: setup
 		$(PY) benchmarks/seed_recipe_grid.py $(BENCH_ARGS) --data $(CIFAR) && \
 		$(PY) benchmarks/speedrun.py $(BENCH_ARGS) --data $(CIFAR) && \
 		$(PY) benchmarks/tensorboard_cost.py $(BENCH_ARGS) --data $(CIFAR); \
-	else echo "bench: $(CIFAR) not found, so data.py, seed_experiment.py and speedrun.py are skipped" \
-		"(point DATA= at the datasets folder)"; fi
+	else echo "bench: $(CIFAR) not found, so data.py, seed_experiment.py, seed_recipe_grid.py, speedrun.py and" \
+		"tensorboard_cost.py are skipped (point DATA= at the datasets folder)"; fi
 	$(PY) benchmarks/throughput.py $(BENCH_ARGS)
 	@# cpu.py measures the CPU whatever the device, so it takes only the size; bench_models.py has one size and
 	@# takes only the device (without it, a GPU machine's CPU run would time the GPU).

@@ -21,8 +21,9 @@ kinds of moment, drawn at random:
                       epoch t's row
 A moment that does not come in time (a write too short to see, a slow epoch) gives way to the next one the run
 shows: epoch t+1's row. Neither t nor t+1 is the last epoch, so the process still has an epoch, its test evaluation
-and its plots ahead of it. A kill that finds the process gone all the same is reported as a note, not a failure:
-what fails is a wrong resume — metrics or weights that differ, a resume not refused cleanly, temporaries left over.
+and its plots ahead of it. A kill that finds the process gone all the same is reported as a note, not a failure, as
+long as at least 4 in 5 of the planned kills land (8 of 10): fewer would test too little to say OK. What fails
+besides is a wrong resume — metrics or weights that differ, a resume not refused cleanly, temporaries left over.
 
 A process killed before its first checkpoint leaves no last.pt (or no run folder at all). There is nothing to
 resume then: the benchmark checks that `--resume` refuses with one clear line (exit 2, no traceback), deletes the
@@ -101,10 +102,16 @@ class Result:
     problems: list = field(default_factory=list)
 
     @property
+    def required(self) -> int:
+        """The kills that must land: a missed kill tests less but proves nothing wrong, so one in five may miss;
+        more (no kill at all, in the worst case) would pass a run that tested almost nothing."""
+        return max(1, int(0.8 * (len(self.kills) + self.missed)))
+
+    @property
     def ok(self) -> bool:
-        """Whether every resume was right; a missed kill tests less but proves nothing wrong, so it does not count."""
+        """Whether enough kills landed and every resume was right."""
         return (self.metrics_equal and self.weights_equal and not self.leftovers and not self.problems
-                and all(k.recovered for k in self.kills))
+                and len(self.kills) >= self.required and all(k.recovered for k in self.kills))
 
 
 def plan_kills(kills: int, epochs: int, rng: random.Random) -> list[Planned]:
@@ -399,7 +406,10 @@ def report(result: Result, say=print) -> bool:
     lost = [k.epochs_lost for k in result.kills]
     say(f"{recovered}/{n} resumed ({n - restarted} from last.pt; {restarted} killed before the first checkpoint: "
         "resume refused in one line, run restarted from scratch)")
-    if result.missed:
+    if n < result.required:
+        say(f"problem: only {n} of {n + result.missed} planned kills landed, fewer than the {result.required} "
+            "needed to test the resume (the run finished before the rest)")
+    elif result.missed:
         say(f"note: {result.missed} planned kill(s) found the run already finished (fewer kills tested; "
             "not a failure)")
     say(f"epochs lost per kill: {lost} (max {max(lost, default=0)}); killed during a checkpoint write: "

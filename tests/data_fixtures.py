@@ -83,6 +83,24 @@ def write_cifar100_python(root: Path, n=6):
     return folder, truth
 
 
+def write_cifar100_binary(root: Path, n=6):
+    """cifar-100-binary/: train.bin and test.bin records (coarse label byte, fine label byte, 3072 pixel bytes) and
+    the two label-name files."""
+    folder = root / "cifar-100-binary"
+    folder.mkdir(parents=True)
+    truth = {}
+    for i, split in enumerate(("train", "test")):
+        images = rng_images(n, seed=40 + i)
+        fine = np.array([(11 * j + 3 * i + 1) % 100 for j in range(n)], np.uint8)
+        coarse = np.array([(f + j) % 20 for j, f in enumerate(fine)], np.uint8)  # not fine // 5: which byte shows
+        records = np.concatenate([coarse[:, None], fine[:, None], cifar_rows(images)], axis=1)
+        (folder / f"{split}.bin").write_bytes(records.tobytes())
+        truth[split] = (images, fine.tolist(), coarse.tolist())
+    (folder / "fine_label_names.txt").write_text("".join(f"fine{k}\n" for k in range(100)))
+    (folder / "coarse_label_names.txt").write_text("".join(f"coarse{k}\n" for k in range(20)))
+    return folder, truth
+
+
 def write_mnist_idx(root: Path, n_train=5, n_test=3, gz=True):
     root.mkdir(parents=True, exist_ok=True)
     truth = {}

@@ -2,7 +2,11 @@
 the reference pipeline trains on, and the alternating timer."""
 
 import importlib.util
+import json
+import re
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -72,3 +76,42 @@ def test_alternate_takes_turns_and_keeps_every_loss(common):
     assert calls == ["a", "a", "b", "b", "b", "b", "a", "a"] * 2
     assert losses["a"] == [1, 2, 7, 8, 9, 10, 15, 16] and len(losses["b"]) == 8
     assert set(median) == set(best) == {"a", "b"} and all(best[k] >= median[k] > 0 for k in "ab")
+
+
+def test_the_recipe_grid_fails_on_a_wrong_result_even_in_its_quick_form(common, monkeypatch, tmp_path, capsys):
+    """seed_recipe_grid.py --quick trains one epoch, so a falling loss cannot be asked of it: a NaN loss or a test
+    top-1 below its floor must still end it with exit status 1. cnnlab's fit is replaced by one that writes the
+    run folder's two files with the numbers given."""
+    monkeypatch.setitem(sys.modules, "common", common)  # the script's `from common import …`
+    spec = importlib.util.spec_from_file_location("seed_recipe_grid", COMMON.parent / "seed_recipe_grid.py")
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+
+    def fake_fit(loss, top1):
+        def fit(config):
+            run = Path(config.out)
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps({"test_top1": top1}))
+            (run / "metrics.csv").write_text(f"epoch,train_loss,epoch_seconds\n1,{loss},0.5\n")
+            return SimpleNamespace(file=lambda name: run / name)
+        return fit
+
+    monkeypatch.setattr(sys, "argv", ["seed_recipe_grid.py", "--device", "cpu", "--quick", "--data", str(tmp_path)])
+    monkeypatch.setattr(grid, "fit", fake_fit(2.1, 0.12))  # near chance, as one epoch leaves it: not wrong
+    grid.main()
+    for loss, top1 in [(float("nan"), 0.12), (2.1, 0.0), (float("nan"), 0.0)]:
+        monkeypatch.setattr(grid, "fit", fake_fit(loss, top1))
+        with pytest.raises(SystemExit) as e:
+            grid.main()
+        assert e.value.code == 1
+        assert "WRONG RESULT" in capsys.readouterr().err
+
+
+def test_make_bench_names_every_benchmark_it_skips_without_the_cifar_archive():
+    makefile = (COMMON.parents[1] / "Makefile").read_text()
+    recipe = makefile.split("\nbench: ", 1)[1].split("\n\n", 1)[0]
+    needs_cifar, skipped = recipe.split("if [ -f $(CIFAR) ]; then", 1)[1].split("else echo", 1)
+    skipped = skipped.split("; fi", 1)[0]
+    scripts = re.findall(r"benchmarks/(\w+\.py)", needs_cifar)
+    assert len(scripts) >= 5 and "data.py" in scripts
+    assert [s for s in scripts if s not in skipped] == [], skipped

@@ -1,13 +1,16 @@
 """Every official format, written by the fixtures, read back pixel for pixel."""
 
+import io
 import tarfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cnnlab.data import load_dataset, split_train_val
-from data_fixtures import (CIFAR10, tar_folder, write_cifar100_python, write_cifar10_binary, write_cifar10_python,
-                           write_image_folder, write_mnist_idx, write_tinyimagenet)
+from data_fixtures import (CIFAR10, png_bytes, rng_images, tar_folder, write_cifar100_binary, write_cifar100_python,
+                           write_cifar10_binary, write_cifar10_python, write_image_folder, write_mnist_idx,
+                           write_tinyimagenet)
 
 
 @pytest.fixture
@@ -19,6 +22,11 @@ def load(path, cache, name=None, **kw):
     return load_dataset(name, path, cache_dir=cache, **kw)
 
 
+def same(split, images, labels):
+    """A split holds exactly these images (uint8, pixel for pixel) with these labels, in this order."""
+    return np.array_equal(split.images, images) and split.labels.tolist() == list(labels)
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_cifar10_python_folder_and_archive(tmp_path, cache, packed):
     folder, truth = write_cifar10_python(tmp_path / "src")
@@ -26,9 +34,8 @@ def test_cifar10_python_folder_and_archive(tmp_path, cache, packed):
     ds = load(path, cache)
     assert (ds.name, ds.format, ds.classes) == ("cifar10", "cifar10-python", CIFAR10)
     train_images = np.concatenate([truth[f"data_batch_{k}"][0] for k in range(1, 6)])
-    assert np.array_equal(ds.train.images, train_images)
-    assert ds.train.labels.tolist() == sum((truth[f"data_batch_{k}"][1] for k in range(1, 6)), [])
-    assert np.array_equal(ds.test.images, truth["test_batch"][0])
+    assert same(ds.train, train_images, sum((truth[f"data_batch_{k}"][1] for k in range(1, 6)), []))
+    assert same(ds.test, *truth["test_batch"])
 
 
 def test_cifar10_python_found_from_the_parent_folder(tmp_path, cache):
@@ -42,9 +49,9 @@ def test_cifar10_binary(tmp_path, cache, packed):
     path = tar_folder(folder, tmp_path / "cifar-10-binary.tar.gz") if packed else folder
     ds = load(path, cache, "cifar10")
     assert ds.format == "cifar10-binary" and ds.classes == CIFAR10
-    assert np.array_equal(ds.test.images, truth["test_batch"][0])
-    assert ds.test.labels.tolist() == truth["test_batch"][1].tolist()
-    assert len(ds.train) == 20
+    train = [truth[f"data_batch_{k}"] for k in range(1, 6)]
+    assert same(ds.train, np.concatenate([i for i, _ in train]), np.concatenate([l for _, l in train]))
+    assert same(ds.test, *truth["test_batch"])
 
 
 def test_cifar100_fine_and_coarse_labels(tmp_path, cache):
@@ -52,11 +59,27 @@ def test_cifar100_fine_and_coarse_labels(tmp_path, cache):
     path = tar_folder(folder, tmp_path / "cifar-100-python.tar.gz")
     fine = load(path, cache, "cifar100", labels="fine")
     coarse = load(path, cache, "cifar100", labels="coarse")
+    assert fine.format == "cifar100-python"
     assert len(fine.classes) == 100 and fine.classes[3] == "fine3"
     assert len(coarse.classes) == 20 and coarse.classes[3] == "coarse3"
-    assert fine.train.labels.tolist() == truth["train"][1]
-    assert coarse.test.labels.tolist() == truth["test"][2]
-    assert np.array_equal(fine.test.images, truth["test"][0])
+    for split in ("train", "test"):
+        images, fine_labels, coarse_labels = truth[split]
+        assert same(fine.splits[split], images, fine_labels)
+        assert same(coarse.splits[split], images, coarse_labels)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_cifar100_binary_fine_and_coarse_labels(tmp_path, cache, packed):
+    folder, truth = write_cifar100_binary(tmp_path / "src")
+    path = tar_folder(folder, tmp_path / "cifar-100-binary.tar.gz") if packed else folder
+    fine = load(path, cache, "cifar100", labels="fine")
+    coarse = load(path, cache, "cifar100", labels="coarse")
+    assert (fine.format, fine.classes) == ("cifar100-binary", [f"fine{k}" for k in range(100)])
+    assert coarse.classes == [f"coarse{k}" for k in range(20)]
+    for split in ("train", "test"):
+        images, fine_labels, coarse_labels = truth[split]
+        assert same(fine.splits[split], images, fine_labels)
+        assert same(coarse.splits[split], images, coarse_labels)
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -64,9 +87,15 @@ def test_mnist_idx(tmp_path, cache, gz):
     folder, truth = write_mnist_idx(tmp_path / "mnist", gz=gz)
     ds = load(folder, cache)
     assert (ds.name, ds.format) == ("mnist", "mnist-idx")
-    assert ds.train.images.shape == (5, 28, 28, 1)
-    assert np.array_equal(ds.train.images[..., 0], truth["train"][0])
-    assert ds.test.labels.tolist() == truth["t10k"][1].tolist()
+    assert ds.train.images.shape == (5, 28, 28, 1) and ds.test.images.shape == (3, 28, 28, 1)
+    assert same(ds.train, truth["train"][0][..., None], truth["train"][1])
+    assert same(ds.test, truth["t10k"][0][..., None], truth["t10k"][1])
+
+
+def folder_split(truth: dict, split: str, classes: list[str]):
+    """The images and labels of an image folder's split, in the readers' order: by class, then by file name."""
+    names = sorted((n for n in truth if n.startswith(split + "/")), key=lambda n: (classes.index(n.split("/")[1]), n))
+    return np.stack([truth[n] for n in names]), [classes.index(n.split("/")[1]) for n in names]
 
 
 def test_image_folder_tar_is_cifar10_when_its_classes_say_so(tmp_path, cache):
@@ -75,12 +104,25 @@ def test_image_folder_tar_is_cifar10_when_its_classes_say_so(tmp_path, cache):
     assert (ds.name, ds.format, ds.classes) == ("cifar10", "image-folder", CIFAR10)
     assert ds.train.labels.tolist() == [c for c in range(10) for _ in range(2)]
     assert np.array_equal(ds.train.images[2], truth["train/automobile/0000.png"])
+    for split in ("train", "test"):
+        assert same(ds.splits[split], *folder_split(truth, split, CIFAR10))
 
 
 def test_digit_folders_are_mnist_in_one_channel(tmp_path, cache):
-    folder, _ = write_image_folder(tmp_path / "digits", classes=[str(d) for d in range(10)], size=28)
+    digits = [str(d) for d in range(10)]
+    folder, truth = write_image_folder(tmp_path / "digits", classes=digits, size=28)
     ds = load(folder, cache)
     assert ds.name == "mnist" and ds.train.images.shape == (20, 28, 28, 1)
+    for split in ("train", "test"):
+        images, labels = folder_split(truth, split, digits)
+        gray = np.stack([np.asarray(Image.fromarray(im).convert("L")) for im in images])[..., None]
+        assert same(ds.splits[split], gray, labels)
+
+
+def jpeg_pixels(image: np.ndarray) -> np.ndarray:
+    """What decoding the fixture's JPEG of `image` gives, as RGB (the reference for a lossy format)."""
+    with Image.open(io.BytesIO(png_bytes(image, "JPEG"))) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 @pytest.mark.parametrize("as_zip", [True, False])
@@ -94,6 +136,15 @@ def test_tinyimagenet_val_labels_come_from_the_annotation_file(tmp_path, cache, 
     assert ds.test.labels.tolist() == [0, 1, 2, 3]  # val_k is labelled ids[k] by the annotations
     assert len(ds.splits["unlabelled"]) == 2 and (ds.splits["unlabelled"].labels == -1).all()
     assert ds.notes["test_is_official"] == "val"
+    # Every split's pixels, against the fixture's images (seeds as write_tinyimagenet draws them) through JPEG:
+    # train/<wnid k>/ holds class k's image, the first one grayscale.
+    train = [rng_images(1, 64, 64, seed=c * 10)[0] for c in range(200)]
+    train[0] = train[0][..., :1]
+    assert same(ds.train, np.stack([jpeg_pixels(im) for im in train]), range(200))
+    val = [jpeg_pixels(rng_images(1, 64, 64, seed=500 + k)[0]) for k in range(4)]
+    assert same(ds.test, np.stack(val), [0, 1, 2, 3])
+    unlabelled = [jpeg_pixels(rng_images(1, 64, 64, seed=900 + k)[0]) for k in range(2)]
+    assert same(ds.splits["unlabelled"], np.stack(unlabelled), [-1, -1])
 
 
 def test_tinyimagenet_inside_a_tar(tmp_path, cache):

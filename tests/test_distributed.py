@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from cnnlab.config import TrainConfig
+from cnnlab.engine import fit
 from data_fixtures import write_image_folder
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
@@ -61,18 +63,21 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
     assert s1["test_top1"] == s2["test_top1"] and s1["val_size"] == s2["val_size"]
 
 
-@pytest.mark.slow
 def test_accumulation_clipping_and_ema_under_two_processes_match_one(tmp_path):
     # DDP averages gradients only in a step's last backward pass (no_sync before it); every rank clips the same
-    # global norm and averages the bare module's weights, so the job is the single process's run.
-    folder, _ = write_image_folder(tmp_path / "digits", classes=[str(d) for d in range(10)], per_class=12, size=28)
-    common = ["--model", "mlp", "--hidden", "32", "--dataset", "mnist", "--data", folder, "--epochs", "2",
-              "--batch-size", "10", "--accumulate", "3", "--clip-grad-norm", "0.5", "--ema-decay", "0.9",
-              "--lr", "0.1", "--val-split", "0.2", "--device", "cpu", "--cache-dir", tmp_path / "cache"]
-    one = single(*common, "--out", tmp_path / "one")
-    assert one.returncode == 0, one.stderr
-    two = torchrun(2, *common, "--out", tmp_path / "two")
+    # global norm and averages the bare module's weights, so the job is the single process's run. Small enough for
+    # the default run: the reference trains in this process, so the only processes started are torchrun's.
+    folder, _ = write_image_folder(tmp_path / "digits", classes=[str(d) for d in range(10)], per_class=6, size=28)
+    settings = dict(model="mlp", hidden=[32], dataset="mnist", data=str(folder), epochs=2, batch_size=10,
+                    accumulate=3, clip_grad_norm=0.5, ema_decay=0.9, lr=0.1, val_split=0.2, device="cpu",
+                    cache_dir=str(tmp_path / "cache"))
+    fit(TrainConfig(**settings, out=str(tmp_path / "one")))
+    flags = [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}"
+             for k, v in settings.items()]
+    two = torchrun(2, *flags, "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr
+    # 48 training images: per epoch one step of 3 batches of 10 and a last step of 2 (10 and 8)
+    assert [r["step"] for r in rows(tmp_path / "one")] == ["2", "4"]
     assert_same_losses(tmp_path / "one", tmp_path / "two", epochs=2,
                        keys=("train_loss", "val_loss", "train_acc", "val_acc", "grad_norm", "step"))
 

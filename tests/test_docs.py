@@ -41,6 +41,7 @@ class Block:
     language: str
     runnable: bool
     text: str
+    file: str = ""  # `file=NAME` in the info string: a file the page's later commands read, written as shown
 
     @property
     def key(self) -> str:
@@ -59,7 +60,9 @@ def blocks(page: str) -> list[Block]:
         if lines[i].startswith("```") and lines[i].strip() != "```":
             info = lines[i][3:].split()
             end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
-            found.append(Block(page, i + 1, info[0], "runnable" in info[1:], "\n".join(lines[i + 1:end]) + "\n"))
+            file = next((word.removeprefix("file=") for word in info[1:] if word.startswith("file=")), "")
+            found.append(Block(page, i + 1, info[0], "runnable" in info[1:], "\n".join(lines[i + 1:end]) + "\n",
+                               file))
             i = end
         elif lines[i].strip() == "```":  # a block without a language: output or a listing, never a command
             i = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
@@ -113,6 +116,16 @@ TWINS = {
           "--data-root \"$CNNLAB_DATA\" --set epochs=1 --set subset=64 --set device=cpu --set test_subset=64")),
         before="".join(f"cnnlab train --model mlp --dataset mnist --epochs 2 --seed {k} "
                        f"--out runs/{run}\n" for k, run in enumerate("abc"))),
+    ("docs/tuning.md", "cnnlab tune space.toml                           # trials into OUT/trial-NNN/, the study "
+                       "in OUT/study.journal"): Twin(
+        "20 trials of 10 epochs, and a PostgreSQL server: 2 trials of 3 epochs (the space's warm-up reaches 3), then "
+        "a third beside a second worker, then 1 trial of a new study in an SQLite file",
+        (("space.toml                           # trials", "space.toml --n-trials 2 --set epochs=3 # trials"),
+         ("--workers 2 ", "--workers 2 --n-trials 3 --set epochs=3 "),
+         # an out folder belongs to one study: the journal study's moves aside for the SQLite one
+         ("cnnlab tune space.toml --storage postgresql://user@db/studies",
+          "mv runs/tune-mlp runs/tune-journal\n"
+          "cnnlab tune space.toml --storage sqlite:///study.db --n-trials 1 --set epochs=3"))),
     ("docs/trust.md", "python benchmarks/kill_resume.py         # from the repository's root; --kills 10 --epochs "
                       "40 by default"): Twin(
         "10 kills of a 40-epoch run take minutes", (("python benchmarks/kill_resume.py ",
@@ -120,6 +133,8 @@ TWINS = {
 }
 
 NOT_RUN = {
+    ("docs/tuning.md", "pip install 'cnnlab[tune]'                       # Optuna"):
+        "installs from the network; the test extra has optuna, so the suite runs `cnnlab tune` itself",
     ("README.md", "make demo   # creates .venv, installs cnnlab, trains an MLP on MNIST (~20 s on 2 CPU cores, ~98 % "
                   "test), evaluates it"):
         "tests/test_demo.py runs the demo recipe's cnnlab commands from the Makefile; `make test` is this suite",
@@ -130,8 +145,8 @@ PAGE_SETUP = {
     "docs/evaluation.md": f"cnnlab train --model resnet18 --dataset cifar10 --out runs/r18-cifar10 {CHEAP}\n",
 }
 
-# The default run: each command family once (train, eval, predict, data, models, presets, sweep --dry-run), about
-# 15 processes; every block runs, in page order, under the `slow` marker.
+# The default run: each command family once (train, eval, predict, data, models, presets, sweep and tune
+# --dry-run), about 15 processes; every block runs, in page order, under the `slow` marker.
 FAST = {
     ("README.md", "cnnlab train --model resnet18 --dataset cifar10 --out runs/r18"),
     ("docs/methods.md", "cnnlab train --model linreg --dataset synthetic-linear --batch-size 10 --epochs 3 --lr "
@@ -142,6 +157,8 @@ FAST = {
     ("docs/models.md", "cnnlab models"),
     ("docs/models.md", "cnnlab models --head tiny"),
     ("docs/reports.md", "cnnlab presets                             # every preset: its kind and what it runs"),
+    ("docs/tuning.md", "cnnlab tune space.toml --dry-run                 # the space, the objective, the pruner and "
+                       "the trial budget"),
 }
 
 
@@ -283,6 +300,18 @@ def check_presets(work, out):
     assert "[4/4] resnet18-tinyimagenet-seed0" in out and "dry run: nothing trained, nothing created" in out
 
 
+def check_tune_dry_run(work, out):
+    assert "lr" in out and "median" in out and not (work / "runs").exists(), out  # the dry run trains nothing
+
+
+def check_tune(work, out):
+    journal, sqlite = work / "runs/tune-journal", work / "runs/tune-mlp"
+    trials = sorted(journal.glob("trial-*/summary.json"))
+    assert len(trials) == 3 and all(1 <= summary(t.parent)["epochs_run"] <= 3 for t in trials), trials
+    assert (journal / "study.journal").exists() and (journal / "report/index.html").exists()
+    assert len(list(sqlite.glob("trial-*/summary.json"))) == 1 and (work / "study.db").stat().st_size > 0
+
+
 def check_kill_resume(work, out):
     assert "OK (" in out.splitlines()[-1], out
 
@@ -322,6 +351,10 @@ CHECKS = {
         check_presets,
     ("docs/trust.md", "python benchmarks/kill_resume.py         # from the repository's root; --kills 10 --epochs "
                       "40 by default"): check_kill_resume,
+    ("docs/tuning.md", "cnnlab tune space.toml --dry-run                 # the space, the objective, the pruner and "
+                       "the trial budget"): check_tune_dry_run,
+    ("docs/tuning.md", "cnnlab tune space.toml                           # trials into OUT/trial-NNN/, the study "
+                       "in OUT/study.journal"): check_tune,
 }
 
 # Python blocks: these lines run after the block, in the same interpreter.
@@ -463,6 +496,9 @@ def run_page(world, page: str, slow: bool) -> None:
     if page in PAGE_SETUP:
         bash(PAGE_SETUP[page], work, env, f"{page}'s setup")
     for block in blocks(page):
+        if block.file:
+            (work / block.file).write_text(block.text, encoding="utf-8")
+            continue
         if block.language not in COMMAND_LANGUAGES or key(block) in NOT_RUN or (is_slow(block) and not slow):
             continue
         twin = TWINS.get(key(block))
@@ -494,9 +530,9 @@ def test_every_command_of_the_page_runs_including_the_costly_ones_in_their_cheap
 
 def test_every_command_block_is_run_or_says_why_not():
     for block in all_blocks():
-        assert block.language in COMMAND_LANGUAGES + ("text",), f"{block.where()}: unknown language {block.language}"
-        if block.language == "text":
+        if block.file or block.language == "text":
             continue
+        assert block.language in COMMAND_LANGUAGES, f"{block.where()}: a {block.language} block needs file=NAME"
         k = key(block)
         if block.runnable:
             assert k not in TWINS and k not in NOT_RUN, f"{block.where()} is runnable: drop its twin"

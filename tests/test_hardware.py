@@ -128,6 +128,19 @@ def test_threads_deterministic_and_channels_last_are_applied_and_reported(tmp_pa
     assert "1 CPU threads; channels_last; deterministic kernels" in log and "precision " in log
 
 
+@pytest.mark.parametrize("model, expected", [("resnet18", "bf16"), ("mlp", "fp32")])
+def test_a_run_on_a_cpu_with_native_bf16_trains_convolutions_in_bf16(tmp_path, monkeypatch, model, expected):
+    # The choice a real run makes from the model it builds (resolve_precision alone is tested above). The CPU is
+    # declared bf16-capable, so the test runs on any CPU: tiny bf16 convolutions run where bf16 is emulated too.
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    folder = write_image_folder(tmp_path / "tree", per_class=2, size=8)[0]
+    fit(TrainConfig(model=model, dataset="cifar10", data=str(folder), epochs=1, batch_size=10, lr=0.01,
+                    val_split=0.0, cache_dir=str(tmp_path / "cache"), device="cpu", out=str(tmp_path / "run")))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["precision"] == expected, summary["precision_reason"]
+    assert ("natively" if expected == "bf16" else "without convolutions") in summary["precision_reason"]
+
+
 def test_the_cpu_loader_hands_convolutional_models_channels_last_batches(tmp_path):
     from cnnlab.run_data import build_data
 

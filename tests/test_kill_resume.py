@@ -165,6 +165,18 @@ def test_a_missed_kill_is_a_note_not_a_failure():
     assert any(line.startswith("note: 1 planned kill(s)") for line in lines)
 
 
+@pytest.mark.parametrize("landed, missed, ok", [(0, 10, False), (7, 3, False), (8, 2, True), (0, 1, False),
+                                                (1, 0, True)])
+def test_a_run_that_finished_before_most_kills_landed_fails_the_benchmark(landed, missed, ok):
+    # Kills that found the run finished resumed nothing: one in five may miss (the slow test's 8 of 10), no more.
+    bench = load_benchmark()
+    kills = [bench.Kill("mid-epoch", checkpoint_epoch=3, recovered=True) for _ in range(landed)]
+    lines = []
+    assert bench.report(bench.Result(kills, missed, metrics_equal=True, weights_equal=True), lines.append) == ok
+    too_few = f"problem: only {landed} of {landed + missed} planned kills landed"
+    assert any(line.startswith(too_few) for line in lines) == (not ok), lines
+
+
 @pytest.mark.slow
 @posix_signals
 def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path):

@@ -13,30 +13,43 @@ K = torch.arange(4.0).reshape(2, 2)
 POOL_IN = torch.tensor([[3.0, 4, 6, 5], [2, 4, 6, 8], [1, 6, 7, 5], [9, 7, 4, 6]])
 
 
-def test_corr2d_worked_example():
-    assert torch.equal(corr2d(X, K), torch.tensor([[19.0, 25.0], [37.0, 43.0]]))
+def whitening_conv(in_channels: int, kernels: torch.Tensor) -> nn.Module:
+    """speednet's patch-whitening layer (cnnlab's 2×2 convolution), its first output channels given `kernels`
+    (out, in, 2, 2) and every bias 0, so that it computes the worked examples."""
+    conv = create_model("speednet", in_channels=in_channels).whiten
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:len(kernels)] = kernels
+        conv.bias.zero_()
+    return conv
 
 
-def test_conv2d_layer_gives_the_worked_example():
-    conv = nn.Conv2d(1, 1, kernel_size=2, bias=False)
-    conv.weight.data = K.reshape(1, 1, 2, 2)
-    assert torch.equal(conv(X.reshape(1, 1, 3, 3)).detach(), torch.tensor([[[[19.0, 25.0], [37.0, 43.0]]]]))
+def test_the_speednet_whitening_conv_gives_the_worked_example():
+    expected = torch.tensor([[19.0, 25.0], [37.0, 43.0]])
+    assert torch.equal(corr2d(X, K), expected)  # the reference the other tests trust, on the book's example
+    out = whitening_conv(1, K.reshape(1, 1, 2, 2))(X.reshape(1, 1, 3, 3))
+    assert torch.equal(out[0, 0].detach(), expected)  # a valid (unpadded), stride-1 cross-correlation
 
 
-def test_max_pool_worked_example_with_the_layer_and_by_hand():
+def test_the_models_max_pools_give_the_worked_example():
     expected = torch.tensor([[4.0, 8.0], [9.0, 7.0]])
-    assert torch.equal(nn.MaxPool2d(2, stride=2)(POOL_IN.reshape(1, 1, 4, 4)).reshape(2, 2), expected)
     # D2L's stride-1 pooling of the 3×3 example: max [[4, 5], [7, 8]], mean [[2, 3], [5, 6]].
     assert torch.equal(pool2d(X, (2, 2)), torch.tensor([[4.0, 5.0], [7.0, 8.0]]))
     assert torch.equal(pool2d(X, (2, 2), "avg"), torch.tensor([[2.0, 3.0], [5.0, 6.0]]))
-    # Stride 2 of the stride-1 result's corners is the layer's answer.
-    assert torch.equal(pool2d(POOL_IN, (2, 2))[::2, ::2], expected)
+    assert torch.equal(pool2d(POOL_IN, (2, 2))[::2, ::2], expected)  # stride 2: the stride-1 result's corners
+    vgg_pool = create_model("vgg11", 10, head="cifar").features[2]  # configuration A's first "M", after conv and ReLU
+    speednet_pool = create_model("speednet").layers[0].pool  # the first conv group's
+    for pool in (vgg_pool, speednet_pool):
+        assert torch.equal(pool(POOL_IN.reshape(1, 1, 4, 4)).reshape(2, 2), expected), pool
 
 
-def test_multi_input_channel_worked_example():
+def test_multi_input_channel_worked_example_through_the_whitening_conv():
     x = torch.stack([X, X + 1])
     k = torch.stack([K, K + 1])
-    assert torch.equal(corr2d_multi_in(x, k), torch.tensor([[56.0, 72.0], [104.0, 120.0]]))
+    expected = torch.tensor([[56.0, 72.0], [104.0, 120.0]])
+    assert torch.equal(corr2d_multi_in(x, k), expected)
+    out = whitening_conv(2, k[None])(x[None])
+    assert torch.equal(out[0, 0].detach(), expected)  # the channels' correlations, summed
 
 
 def test_multi_in_out_by_hand_equals_the_models_conv_layers():
@@ -56,7 +69,7 @@ def test_multi_in_out_by_hand_equals_the_models_conv_layers():
 
 def test_vgg_first_conv_is_a_padded_3x3_cross_correlation():
     torch.manual_seed(0)
-    conv = create_model("vgg11", 10).features[0].double()
+    conv = create_model("vgg11", 10, head="cifar").features[0].double()
     x = torch.randn(3, 5, 5, dtype=torch.float64)
     by_hand = corr2d_multi_in_out(nn.functional.pad(x, (1, 1, 1, 1)), conv.weight.detach())
     by_hand += conv.bias.detach()[:, None, None]

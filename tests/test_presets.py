@@ -82,6 +82,16 @@ def test_every_shipped_preset_is_valid_with_the_runs_its_tables_promise():
             config = validate_config(TrainConfig.from_toml(path))
             assert what == f"{config.model} on {config.dataset}, {config.epochs} epochs"
             continue
+        if kind == "tune":  # its space and [base] checked as `cnnlab tune` checks them, short of the data
+            from cnnlab.tune import parse_param, read_space
+
+            spec = read_space(path)
+            space = [parse_param(k, v, name) for k, v in spec["space"].items()]
+            for param in space:
+                for value in param.corners():
+                    TrainConfig.from_dict({**spec["base"], param.name: value}, name).validate()
+            assert what.startswith(f"{spec['tune']['n_trials']} trials of {spec['base']['model']} on ")
+            continue
         # The count from the tables themselves: variants × grid points × seeds.
         count = (len(spec.get("variant", [{}])) * math.prod(len(v) for v in spec.get("grid", {}).values())
                  * len(spec["sweep"].get("seeds", [0])))

@@ -132,6 +132,23 @@ def test_early_stopping_ends_a_run_and_says_why(tmp_path):
     assert summary["epochs_run"] < 30 and "early stopping" in summary["stop_reason"]
 
 
+def test_a_run_resumed_between_epochs_stops_early_at_the_same_epoch(tmp_path):
+    # ε larger than any fall of the loss: epoch 1 sets the reference, every later epoch counts against the
+    # patience of 3, so the run stops after epoch 4. The stop after epoch 2 leaves one bad epoch in the count; a
+    # resume that forgot it would start counting again and stop after epoch 6.
+    base = dict(model="linreg", dataset="synthetic-linear", batch_size=50, epochs=10, lr=0.1, momentum=0.0,
+                early_stop_metric="val_loss", early_stop_delta=10.0, early_stop_patience=3)
+    fit(TrainConfig(**base, out=str(tmp_path / "straight")))
+    with pytest.raises(SystemExit):
+        fit(TrainConfig(**base, out=str(tmp_path / "broken")), should_stop=lambda epoch, step: (epoch, step) == (2, None))
+    assert torch.load(tmp_path / "broken" / "last.pt", weights_only=True)["early_stopping"]["bad_epochs"] == 1
+    fit(None, resume=str(tmp_path / "broken"))
+    straight, resumed = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("straight", "broken"))
+    assert straight["epochs_run"] == 4 and "early stopping after epoch 4" in straight["stop_reason"]
+    assert (resumed["epochs_run"], resumed["stop_reason"]) == (straight["epochs_run"], straight["stop_reason"])
+    assert metrics(tmp_path / "broken") == metrics(tmp_path / "straight")
+
+
 def cifar_like(tmp_path):
     folder, _ = write_image_folder(tmp_path / "tree", per_class=8)
     return str(folder)
@@ -142,6 +159,23 @@ def metrics(run_dir):
         return [{k: v for k, v in row.items()
                  if k not in ("epoch_seconds", "images_per_second", "elapsed_seconds")}
                 for row in csv.DictReader(f)]
+
+
+def test_augmentation_changes_what_a_run_trains_on(tmp_path):
+    # Two runs of one seed without augmentation agree to the bit, so a run with it must differ from them: one
+    # that trained on the plain images (augmentation dropped on its way to the loader) would not.
+    folder, _ = write_image_folder(tmp_path / "tree", per_class=3, size=8)
+    base = dict(model="softmax", dataset="cifar10", data=str(folder), epochs=1, batch_size=10, lr=0.1,
+                val_split=0.0, precision="fp32", device="cpu", cache_dir=str(tmp_path / "cache"), augment="none")
+
+    def weights(name, **changes):
+        fit(TrainConfig(**dict(base, out=str(tmp_path / name), **changes)))
+        return torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]["linear.weight"]
+
+    plain = weights("plain")
+    assert torch.equal(weights("plain again"), plain)
+    assert not torch.equal(weights("crop and flip", augment=None), plain)  # the dataset's preset
+    assert not torch.equal(weights("cutout", cutout=4), plain)
 
 
 def test_resume_mid_epoch_gives_exactly_the_uninterrupted_metrics(tmp_path):

@@ -240,6 +240,11 @@ def preset_summary(path: Path) -> tuple[str, str]:
     from cnnlab.sweep import read_sweep, run_settings
 
     values = read_toml(path, "preset")
+    if presets.kind_of(values) == "tune":
+        base = values.get("base", {})
+        trials = values.get("tune", {}).get("n_trials", 20)
+        return "tune", (f"{trials} trials of {base.get('model', TrainConfig.model)} on "
+                        f"{base.get('dataset') or 'the dataset its data holds'}, {base.get('epochs', 10)} epochs each")
     if presets.kind_of(values) == "train":
         config = TrainConfig.from_toml(path)
         return "train", f"{config.model} on {config.dataset or 'the dataset --data holds'}, {config.epochs} epochs"
@@ -254,8 +259,8 @@ def preset_listing(folder: Path = presets.FOLDER) -> list[str]:
     rows = [(name, *preset_summary(folder / f"{name}.toml")) for name in presets.names(folder)]
     width = max(len("NAME"), *(len(name) for name, _, _ in rows))
     lines = [f"{'NAME':<{width}}  KIND   WHAT"] + [f"{n:<{width}}  {k:<5}  {what}" for n, k, what in rows]
-    return lines + ["", "Run one: cnnlab train --config NAME (train), cnnlab sweep NAME (sweep). Copy one to edit: "
-                        "cnnlab presets NAME > mine.toml",
+    return lines + ["", "Run one: cnnlab train --config NAME (train), cnnlab sweep NAME (sweep), cnnlab tune NAME "
+                        "(tune). Copy one to edit: cnnlab presets NAME > mine.toml",
                     "They read each dataset from the data home ($CNNLAB_DATA; `cnnlab data list` shows it); "
                     "--data or --data-root overrides it."]
 
@@ -347,6 +352,56 @@ def _run_data_prepare(args) -> None:
           "when first prepared)")
 
 
+# -- tune ----------------------------------------------------------------------------------------------------------
+def _add_tune(parser) -> None:
+    parser.add_argument("file", help="a tune preset's name or a tune TOML file ([tune], [base], [space])")
+    parser.add_argument("--storage", metavar="URL",
+                        help="the study's storage, shared by every process that runs the same command: an RDB URL "
+                             "(sqlite:///study.db, postgresql://…, mysql://…) or a journal file's path (default: "
+                             "OUT/study.journal)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run N trials at once on this machine, as N processes, each with its share of the CPU "
+                             "cores (or one GPU each)")
+    parser.add_argument("--n-trials", type=int, metavar="N", help="the study's total trials (default: the file's)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="start no new trial after this many seconds (running ones finish)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="replace a [base] setting for every trial, e.g. --set epochs=2; repeatable")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the space, the objective, the pruner and the trial budget; train nothing")
+    parser.add_argument("--no-report", action="store_true", help="skip the study report at the end")
+
+
+def _run_tune(args) -> None:
+    # Optuna and torch are imported here: the extra is optional and `cnnlab --help` stays instant.
+    from cnnlab import tune
+    from cnnlab.sweep import parse_settings
+
+    if args.workers < 1:
+        raise CnnlabError(f"--workers {args.workers}: use 1 or more processes")
+    if args.timeout is not None and args.timeout <= 0:
+        raise CnnlabError(f"--timeout {args.timeout:g}: use a positive number of seconds")
+    plan = tune.plan(args.file, args.storage, parse_settings(args.set), args.n_trials)
+    if args.dry_run:
+        study = tune.load_study(plan, create=False)
+        print("\n".join(tune.describe(plan, tune.trial_counts(study) if study is not None else None)))
+        return
+    if args.workers > 1:
+        tail = [args.file, "--storage", plan.storage, "--n-trials", str(plan.n_trials)]
+        tail += ["--timeout", str(args.timeout)] if args.timeout else []
+        for item in args.set:
+            tail += ["--set", item]
+        code = tune.run_workers(plan, tail, args.workers)
+        if code:
+            raise SystemExit(code)
+    else:
+        counts = tune.run_worker(plan, timeout=args.timeout)
+        print("study so far: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
+    print(tune.best_line(plan))
+    if not args.no_report:
+        print(f"report: {tune.report(plan)}")
+
+
 # -- the command table ----------------------------------------------------------------------------------------------
 class Command(NamedTuple):
     name: str
@@ -413,6 +468,8 @@ COMMANDS = [
     Command("export", "export a run's model to ONNX or TorchScript with a JSON of its preprocessing", _add_export,
             _run_export),
     Command("sweep", "run a grid of configurations × seeds, then report mean ± std", _add_sweep, _run_sweep),
+    Command("tune", "search hyperparameters with Optuna (TPE, pruning); every trial a run folder; needs pip install "
+                    "'cnnlab[tune]'", _add_tune, _run_tune),
     Command("presets", "list the training and sweep presets shipped with cnnlab, or print one", _add_presets,
             _run_presets),
     Command("report", "compare runs: overlaid curves, results table, mean ± std over seeds → HTML + Markdown",
@@ -453,3 +510,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `cnnlab models | head` closes the pipe early; that is not an error.
         sys.stderr.close()
     return 0
+
+
+# -- cnnlab tune (the optional extra cnnlab[tune]) -----------------------------------------------------------------

@@ -136,9 +136,12 @@ def evaluate(model, loader: DeviceLoader, task: str, num_classes: int, autocast=
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
-def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None, notes=()) -> RunFolder:
+def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None, notes=(),
+        on_epoch=None) -> RunFolder:
     """Train `config` into its run folder, or continue the run in `resume` (config may then carry new epochs).
     `notes`: lines for a new run's log about how its settings were put together (config_from_args' notes).
+    `on_epoch(epoch, row) -> str | None`, if given, sees each epoch's metrics.csv row once it is recorded and may
+    end the run there, as early stopping does, by returning the reason (`cnnlab tune` prunes a trial this way).
 
     The run folder is locked for the whole run; a new one is created only after data and model are built, so
     bad input leaves nothing behind.
@@ -150,7 +153,7 @@ def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None,
             stop_reason = None
             with StopRequest(should_stop) as stop, _out_of_memory_is_one_line(setup, state):
                 for epoch in range(state.epoch + 1, setup.config.epochs + 1):
-                    stop_reason = run_epoch(setup, state, stop, epoch)
+                    stop_reason = run_epoch(setup, state, stop, epoch, on_epoch)
                     if stop_reason:
                         break
             finish(setup, state, stop_reason or "completed all epochs")
@@ -159,7 +162,7 @@ def fit(config: TrainConfig | None, resume: str | None = None, should_stop=None,
         distributed.teardown()
 
 
-def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) -> str | None:
+def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int, on_epoch=None) -> str | None:
     """Train, evaluate, record and checkpoint one epoch; return why the run stops here, or None to go on.
 
     A stop request (Ctrl-C, SIGTERM) saves where the run is and leaves with exit status 130.
@@ -187,6 +190,11 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) ->
     value = row.get(state.monitor.metric) if data.val else None
     improved = state.record(epoch, value)
     stop_now, reason = state.early.step(value, epoch) if state.early else (False, "")
+    if stop_now:
+        reason = f"early stopping after epoch {epoch}: {reason}"
+    elif on_epoch is not None:
+        reason = on_epoch(epoch, row)
+        stop_now = reason is not None
     interrupted = not stop_now and any_true(stop.check(epoch, None), d, setup.device)
     # An interrupted run resumes from this epoch, not an older one.
     write_last = epoch % config.checkpoint_every == 0 or stop_now or interrupted or epoch == config.epochs
@@ -198,8 +206,8 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int) ->
     if interrupted:
         _leave(setup, stop, f"after epoch {epoch}")
     if stop_now:
-        setup.say(f"early stopping after epoch {epoch}: {reason}")
-        return f"early stopping after epoch {epoch}: {reason}"
+        setup.say(reason)
+        return reason
     return None
 
 

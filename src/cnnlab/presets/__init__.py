@@ -2,6 +2,7 @@
 
     cnnlab train --config speedrun-cifar10     # a training preset: TrainConfig fields
     cnnlab sweep seed-report                   # a sweep preset: [sweep], [base], [[variant]], [grid]
+    cnnlab tune tune-speednet                  # a tune preset: [tune], [base], [space] (needs cnnlab[tune])
     cnnlab presets [NAME]                      # list them (cli.py), or print one to copy and edit
 
 A path is accepted wherever a name is, and an existing file wins over a preset of the same name. Presets name
@@ -17,8 +18,9 @@ from cnnlab.errors import CnnlabError
 
 FOLDER = Path(__file__).resolve().parent
 SWEEP_TABLES = ("sweep", "base", "variant", "grid")
-COMMANDS = {"train": "cnnlab train --config {}", "sweep": "cnnlab sweep {}"}
-FILE_NOUNS = {"train": "config file", "sweep": "sweep file"}
+TUNE_TABLES = ("tune", "space")
+COMMANDS = {"train": "cnnlab train --config {}", "sweep": "cnnlab sweep {}", "tune": "cnnlab tune {}"}
+FILE_NOUNS = {"train": "config file", "sweep": "sweep file", "tune": "tune file"}
 
 
 def names(folder: Path = FOLDER) -> list[str]:
@@ -26,7 +28,10 @@ def names(folder: Path = FOLDER) -> list[str]:
 
 
 def kind_of(values: dict) -> str:
-    """`sweep` for a file with a sweep's tables, else `train` (a file of TrainConfig fields)."""
+    """`tune` for a file with a search space, `sweep` for one with a sweep's tables, else `train` (a file of
+    TrainConfig fields)."""
+    if any(table in values for table in TUNE_TABLES):
+        return "tune"
     return "sweep" if any(table in values for table in SWEEP_TABLES) else "train"
 
 
@@ -39,7 +44,7 @@ def preset_path(name: str, folder: Path = FOLDER) -> Path:
 
 
 def find(name_or_path, kind: str) -> Path:
-    """The file a `train --config` (kind `train`) or `sweep` (kind `sweep`) argument means: an existing path as
+    """The file a `train --config` (kind `train`), `sweep` or `tune` argument means: an existing path as
     given, else the preset of that name, refused with the command that runs it when it is of the other kind."""
     path = Path(name_or_path).expanduser()
     if path.exists():
