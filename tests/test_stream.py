@@ -276,11 +276,14 @@ def test_resuming_inside_an_epoch_gives_its_remaining_batches(split):
     assert torch.equal(_epoch(resumed)[0], _epoch(loader)[0])  # and the epochs after it
 
 
+WNIDS = ("n01440764", "n01443537")
+
+
 def _jpeg_split(root, sizes=((300, 240), (200, 260), (256, 256), (320, 200), (240, 300))):
     for i, size in enumerate(sizes):
-        folder = root / ("cat" if i % 2 else "dog")
+        folder = root / WNIDS[i % 2]  # ImageNet's layout, so that a run detects it
         folder.mkdir(parents=True, exist_ok=True)
-        _photo(*size, i).save(folder / f"{i}.jpg", quality=90)
+        _photo(*size, i).save(folder / f"{i}.JPEG", quality=90)
     return root
 
 
@@ -292,7 +295,7 @@ def test_byte_path_decodes_on_the_device_like_the_cpu_path(tmp_path, monkeypatch
     # is decoded and cropped in the worker and rides along decoded.
     pytest.importorskip("torchvision")
     root = _jpeg_split(tmp_path / "train")
-    _noise((280, 220), "RGB", 9).save(root / "cat" / "z.png")
+    _noise((280, 220), "RGB", 9).save(root / WNIDS[0] / "z.png")
     monkeypatch.setattr(stream, "gpu_decode_problem", lambda device: None)
     cpu = _loader(root, train=True, batch_size=3, workers=0, seed=4, image_size=160, resize_size=160)
     gpu = _loader(root, train=True, batch_size=3, workers=2, seed=4, image_size=160, resize_size=160, decode="gpu")
@@ -314,7 +317,7 @@ def test_byte_path_falls_back_to_the_cpu_and_says_why(split):
 def test_byte_path_names_a_file_the_device_cannot_decode(tmp_path):
     pytest.importorskip("torchvision")
     root = _jpeg_split(tmp_path / "train", sizes=((120, 100),))
-    good = (root / "dog" / "0.jpg").read_bytes()
+    good = (root / WNIDS[0] / "0.JPEG").read_bytes()
     broken = good[:200] + bytes(300) + b"\xff\xd9"  # a JPEG header, garbage, an end marker
     params = torch.tensor([[0, 0, 0, 90, 90, 0], [7, 0, 0, 90, 90, 1]])
     payloads = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in (good, broken)]
@@ -368,3 +371,17 @@ def test_bad_settings_are_rejected(split):
     # The loader's own settings are checked with the run's, before any loader is built.
     _one_line_error(TrainConfig(model="resnet18", batch_size=0).validate, match="--batch-size")
     _one_line_error(TrainConfig(model="resnet18", workers=-1).validate, match="--workers")
+
+
+def test_a_run_with_decode_gpu_on_the_cpu_trains_and_logs_the_fallback(tmp_path, capsys):
+    # The wiring: TrainConfig.decode reaches the training StreamLoader, and the run's log says which path ran.
+    from cnnlab.engine import fit
+
+    root = tmp_path / "imagenet"
+    _jpeg_split(root / "train")
+    _jpeg_split(root / "val")
+    run = fit(TrainConfig(model="mlp", hidden=[8], dataset="imagenet", data=str(root), image_size=16,
+                          resize_size=16, workers=0, epochs=1, batch_size=5, lr=0.01, val_split=0, decode="gpu",
+                          out=str(tmp_path / "run")))
+    assert (run.path / "summary.json").is_file()
+    assert "JPEG decode: CPU workers (--decode gpu unavailable: the device is cpu, not CUDA)" in capsys.readouterr().out
