@@ -385,3 +385,18 @@ def test_a_run_with_decode_gpu_on_the_cpu_trains_and_logs_the_fallback(tmp_path,
                           out=str(tmp_path / "run")))
     assert (run.path / "summary.json").is_file()
     assert "JPEG decode: CPU workers (--decode gpu unavailable: the device is cpu, not CUDA)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_normalising_on_the_device_is_the_plain_formula(channels_last):
+    # to_model_input normalises channels_last batches as rows against tiled statistics (fast on the CPU): the
+    # values must be bit for bit those of (x - 255·mean) / (255·std) per channel, in the asked memory format.
+    from cnnlab.data.loader import to_model_input
+
+    x = torch.randint(0, 256, (3, 5, 7, 3), dtype=torch.uint8)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    expected = (x.permute(0, 3, 1, 2).float() - mean.view(1, 3, 1, 1) * 255) / (std.view(1, 3, 1, 1) * 255)
+    out = to_model_input(x, mean, std, torch.float32, channels_last)
+    assert torch.equal(out, expected) and out.shape == (3, 3, 5, 7)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert to_model_input(x[:0], mean, std, torch.float32, channels_last).shape == (0, 3, 5, 7)
