@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from torchvision.transforms.v2 import functional as v2
 
-from cnnlab.data.stream import StreamingImageFolder, StreamLoader, sample_crop_box, train_sample
+from cnnlab.data.stream import StreamingImageFolder, StreamLoader, collate_encoded, sample_crop_box, train_sample
 from common import REPO, cpu_name, exit_if_wrong, parser, pick_device, sync
 
 DEFAULT_TINY = REPO.parent / "shared/datasets/tiny-imagenet-200-train100.tar.gz"
@@ -100,6 +100,15 @@ def cnnlab_loader(root: Path, batch: int, workers: int, device, decode="cpu") ->
                         workers=workers, seed=0, decode=decode)
 
 
+def bytes_loader(root: Path, batch: int, workers: int) -> DataLoader:
+    """The host side of --decode gpu: workers read each JPEG's bytes and draw its box, nothing is decoded (on
+    CUDA the device decodes and crops them); its samples per CPU-second are what a GPU-decoding run asks of
+    the host's cores."""
+    dataset = StreamingImageFolder(root / "train", True, SIZE, encoded=True)
+    return DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate_encoded,
+                      persistent_workers=workers > 0)
+
+
 def reference_loader(root: Path, batch: int, workers: int, device) -> DataLoader:
     transform = transforms.Compose([transforms.RandomResizedCrop(SIZE), transforms.RandomHorizontalFlip(),
                                     transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -107,11 +116,12 @@ def reference_loader(root: Path, batch: int, workers: int, device) -> DataLoader
                       num_workers=workers, pin_memory=device.type == "cuda")
 
 
-def epoch(loader, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """One pass: (batches of images, batches of labels), on the device as a training loop would hold them."""
+def epoch(loader, device) -> tuple[list, list[torch.Tensor]]:
+    """One pass: (batches of images, batches of labels), on the device as a training loop would hold them (the
+    bytes loader's batches stay on the host, packed)."""
     xs, ys = [], []
-    for x, y in loader:
-        xs.append(x.to(device, non_blocking=True))
+    for *x, y in loader:
+        xs.append(x[0].to(device, non_blocking=True) if len(x) == 1 else x)
         ys.append(y.to(device, non_blocking=True))
     sync(device)
     return xs, ys
@@ -266,6 +276,10 @@ def main():
             xs, ys = epoch(loader, device)
             problems += epoch_problems(name, xs, ys, targets)
             means[name] = channel_means(xs)
+        pipelines["gpu host"] = bytes_loader(root, args.batch_size, args.workers)
+        xs, ys = epoch(pipelines["gpu host"], device)
+        if not np.array_equal(np.sort(torch.cat(ys).numpy()), np.sort(targets)):
+            problems.append("gpu host: an epoch does not yield every image once")
         for name, mean in means.items():
             # mean colour over an epoch of random crops: ~0.03 standard error at 400 images; 0.15 is ~5 of them
             if np.abs(mean - means["reference"]).max() > 0.15:
@@ -286,6 +300,8 @@ def main():
     print(f"samples/s, wall clock with {args.workers} workers: cnnlab {wall['cnnlab']:.0f}, reference "
           f"{wall['reference']:.0f} (ratio {wall['cnnlab'] / wall['reference']:.2f}); per worker process: cnnlab "
           f"{wall['cnnlab'] / max(1, args.workers):.0f}, reference {wall['reference'] / max(1, args.workers):.0f}")
+    print(f"host side of --decode gpu (bytes and boxes, no decode): {core['gpu host']:.0f} samples per CPU-second, "
+          f"{workers['gpu host']:.0f} in the workers alone")
     if "cnnlab gpu" in core:
         print(f"GPU decode: {wall['cnnlab gpu']:.0f} samples/s wall, {core['cnnlab gpu']:.0f} per CPU-second "
               f"({wall['cnnlab gpu'] / wall['cnnlab']:.2f}× the CPU path's wall rate)")

@@ -1,11 +1,18 @@
 """Stream an ImageFolder-style split (`split/<class>/<images>`) from disk, for datasets too big for memory.
 
-Each sample is decoded and augmented on the CPU in DataLoader workers and handed over as a uint8 (3, H, W)
-tensor; normalisation happens later, on the device, so the host→device copy moves 4× fewer bytes.
-The transforms follow torchvision's ImageNet recipe (RandomResizedCrop + flip for training, resize + center
-crop for evaluation) with the same random draws, written with PIL and torch only.
-"""
+Each training sample is decoded and augmented on the CPU in persistent DataLoader workers and handed over as
+uint8 (H, W, 3), the memory of a channels_last batch; normalisation happens on the device, so the host→device
+copy moves 4× fewer bytes and the CPU never touches floats. The transforms follow torchvision's ImageNet recipe
+(RandomResizedCrop + flip for training, resize + center crop for evaluation), written with PIL and torch only.
 
+Where the CPU time goes, per 400×400 JPEG on this project's 2-core Xeon (benchmarks/stream.py): the decode is
+most of it (~0.8 ms with libjpeg-turbo); the crop and antialiased resize take ~0.2 ms with torch's uint8
+channels_last kernel, where PIL's resize takes ~0.5 ms and ToTensor + Normalize another ~0.5 ms. So JPEGs decode
+through torchvision's decode_jpeg where torchvision is installed, at reduced scale (PIL's draft) when the crop
+is ≥ 2× the output, and the crop box is drawn with Python's random, not torch scalars. pillow-simd, if a user
+installs it in place of Pillow, speeds up the PIL parts (evaluation resizes, PNGs); it is never required.
+`decode="gpu"` moves the decode itself to the device (StreamLoader).
+"""
 import io
 import math
 import os
@@ -336,9 +343,27 @@ def _with_label(sample, label: int) -> tuple:
     return (*sample, label) if isinstance(sample, tuple) else (sample, label)
 
 
-def _collate_encoded(batch: list[tuple]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    # payloads differ in length (bytes) or rank (pixels), so they stay a list
-    return [b[0] for b in batch], torch.stack([b[1] for b in batch]), torch.tensor([b[2] for b in batch])
+def collate_encoded(batch: list[tuple]) -> tuple[torch.Tensor, ...]:
+    """The DataLoader's collate_fn for an encoded dataset: (blob, lengths, pixels, params (N, 6), labels (N,)).
+
+    The JPEGs travel as one uint8 blob with each one's length (0 for a sample decoded in the worker, whose pixels
+    are stacked in `pixels`): a list of tensors would cross from the worker as one shared-memory segment each,
+    which cost more CPU than reading the files. unpack_encoded undoes it.
+    """
+    payloads, params, labels = zip(*batch)
+    encoded = [p for p in payloads if p.dim() == 1]
+    decoded = [p for p in payloads if p.dim() == 3]
+    blob = torch.cat(encoded) if encoded else torch.empty(0, dtype=torch.uint8)
+    pixels = torch.stack(decoded) if decoded else torch.empty(0, dtype=torch.uint8)
+    lengths = torch.tensor([len(p) if p.dim() == 1 else 0 for p in payloads])
+    return blob, lengths, pixels, torch.stack(params), torch.tensor(labels)
+
+
+def unpack_encoded(blob: torch.Tensor, lengths: torch.Tensor, pixels: torch.Tensor) -> list[torch.Tensor]:
+    """The batch's payloads in order: views of the blob (JPEG bytes) and decoded (H, W, 3) samples."""
+    parts = iter(torch.split(blob, [n for n in lengths.tolist() if n]))
+    decoded = iter(pixels)
+    return [next(parts) if n else next(decoded) for n in lengths.tolist()]
 
 
 def decode_batch(payloads: list[torch.Tensor], params: torch.Tensor, image_size: int, device,
@@ -466,7 +491,7 @@ class StreamLoader(EpochOrder):
             self._loader = DataLoader(
                 self.dataset, batch_sampler=self._batches, num_workers=self.workers,
                 persistent_workers=self.workers > 0, pin_memory=self.device.type == "cuda",
-                collate_fn=_collate_encoded if self.decode == "gpu" else None)
+                collate_fn=collate_encoded if self.decode == "gpu" else None)
         return self._loader
 
     def __iter__(self):
@@ -494,8 +519,8 @@ class StreamLoader(EpochOrder):
     def _on_device(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """A collated batch as (uint8 NHWC images, labels) on the device; GPU decoding happens here."""
         if self.decode == "gpu":
-            payloads, params, y = batch
-            x = decode_batch(payloads, params, self.dataset.image_size, self.device, self.dataset.path)
+            *packed, params, y = batch
+            x = decode_batch(unpack_encoded(*packed), params, self.dataset.image_size, self.device, self.dataset.path)
         else:
             x, y = batch
             x = x.to(self.device, non_blocking=True)
