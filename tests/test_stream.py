@@ -400,3 +400,21 @@ def test_normalising_on_the_device_is_the_plain_formula(channels_last):
     assert torch.equal(out, expected) and out.shape == (3, 3, 5, 7)
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert to_model_input(x[:0], mean, std, torch.float32, channels_last).shape == (0, 3, 5, 7)
+
+
+def test_without_torchvision_jpegs_decode_through_pil(split, monkeypatch):
+    # torchvision is optional: without it the same sample comes from PIL's decode (both are libjpeg-turbo here;
+    # allow 1 level for a different build's rounding), and the GPU path reports what is missing.
+    data = (split / "dog" / "e.JPEG").read_bytes()
+    with_tv = train_sample(data, 224, random.Random(3))
+    monkeypatch.setattr(stream, "_JPEG_DECODER", None)
+    without = train_sample(data, 224, random.Random(3))
+    assert (with_tv.int() - without.int()).abs().max() <= 1
+    assert "torchvision is not installed" in stream.gpu_decode_problem("cuda")
+
+
+def test_the_gpu_probe_names_why_cuda_decoding_is_unavailable():
+    pytest.importorskip("torchvision")
+    if torch.cuda.is_available():
+        pytest.skip("this machine can decode on CUDA")
+    assert stream.gpu_decode_problem("cuda").startswith("torchvision's decode_jpeg cannot decode on cuda")

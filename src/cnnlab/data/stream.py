@@ -410,7 +410,7 @@ def gpu_decode_problem(device) -> str | None:
     Image.new("RGB", (16, 16), (200, 100, 50)).save(buffer, "JPEG")
     try:
         jpeg_decoder()([torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)], device=device)
-    except RuntimeError as exc:
+    except Exception as exc:  # a probe: whatever stops it (no nvJPEG, no GPU, a CPU-only torch), the CPU path runs
         return f"torchvision's decode_jpeg cannot decode on {device} ({' '.join(str(exc).split())[:120]})"
     return None
 
