@@ -234,6 +234,63 @@ def measure(pipelines: dict, rounds: int, device, n: int) -> dict[str, dict[str,
     return rates
 
 
+def build_pipelines(root: Path, batch: int, workers: int, device) -> dict:
+    """cnnlab, the reference, on CUDA cnnlab with --decode gpu (where it is available), and the host side of it."""
+    pipelines = {"cnnlab": cnnlab_loader(root, batch, workers, device),
+                 "reference": reference_loader(root, batch, workers, device)}
+    if device.type == "cuda":
+        gpu_loader = cnnlab_loader(root, batch, workers, device, decode="gpu")
+        print(gpu_loader.decode_note)
+        if gpu_loader.decode == "gpu":
+            pipelines["cnnlab gpu"] = gpu_loader
+    pipelines["gpu host"] = bytes_loader(root, batch, workers)
+    return pipelines
+
+
+def epoch_checks(pipelines: dict, device, targets: np.ndarray) -> list[str]:
+    """One untimed epoch of each pipeline (start-up outside the clock): what is wrong with it."""
+    problems, means = [], {}
+    for name, loader in pipelines.items():
+        xs, ys = epoch(loader, device)
+        if name == "gpu host":  # bytes, not images: only the labels can be checked
+            if not np.array_equal(np.sort(torch.cat(ys).cpu().numpy()), np.sort(targets)):
+                problems.append("gpu host: an epoch does not yield every image once")
+            continue
+        problems += epoch_problems(name, xs, ys, targets)
+        means[name] = channel_means(xs)
+    for name, mean in means.items():
+        # mean colour over an epoch of random crops: ~0.03 standard error at 400 images; 0.15 is ~5 of them
+        if np.abs(mean - means["reference"]).max() > 0.15:
+            problems.append(f"{name}: mean normalised colour {np.round(mean, 3)} against the reference's "
+                            f"{np.round(means['reference'], 3)}")
+    return problems
+
+
+def report(rates: dict, workers_per_pipeline: int, device) -> None:
+    """The medians over the rounds: per core (the headline), in the workers alone, on the wall clock."""
+    core, workers, wall = ({name: statistics.median(r[key]) for name, r in rates.items()}
+                           for key in ("core", "workers", "wall"))
+    ratio = core["cnnlab"] / core["reference"]
+    print(f"samples/s per core: cnnlab {core['cnnlab']:.0f}, reference {core['reference']:.0f}, ratio {ratio:.2f}")
+    where = "the GPU" if device.type == "cuda" else "the CPU (this run's device)"
+    print(f"  (per CPU-second of all processes; cnnlab's main process normalises on {where}, the reference's "
+          f"workers do with ToTensor + Normalize)")
+    print(f"in the workers alone: cnnlab {workers['cnnlab']:.0f}, reference {workers['reference']:.0f} per "
+          f"CPU-second, ratio {workers['cnnlab'] / workers['reference']:.2f} (what a GPU run's host pays per "
+          f"sample, cnnlab normalising on the GPU)")
+    per_worker = max(1, workers_per_pipeline)
+    print(f"samples/s, wall clock with {workers_per_pipeline} workers: cnnlab {wall['cnnlab']:.0f}, reference "
+          f"{wall['reference']:.0f} (ratio {wall['cnnlab'] / wall['reference']:.2f}); per worker process: cnnlab "
+          f"{wall['cnnlab'] / per_worker:.0f}, reference {wall['reference'] / per_worker:.0f}")
+    print(f"host side of --decode gpu (bytes and boxes, no decode): {core['gpu host']:.0f} samples per CPU-second, "
+          f"{workers['gpu host']:.0f} in the workers alone")
+    if "cnnlab gpu" in core:
+        print(f"GPU decode: {wall['cnnlab gpu']:.0f} samples/s wall, {core['cnnlab gpu']:.0f} per CPU-second "
+              f"({wall['cnnlab gpu'] / wall['cnnlab']:.2f}× the CPU path's wall rate)")
+    print(f"targets (reported, never enforced): ratio ≥ 2 {'met' if ratio >= 2 else 'MISSED'}; ≥ 700 per core "
+          f"{'met' if core['cnnlab'] >= 700 else 'MISSED'}; load average now {os.getloadavg()[0]:.1f}")
+
+
 def main():
     cli = parser(__doc__)
     cli.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -262,51 +319,10 @@ def main():
         print(write_folder(root, n, 10, Path(args.source)) + f"; written in {time.perf_counter() - start:.0f} s",
               flush=True)
         problems = decode_problems(root, 8 if args.quick else 32)
-
-        pipelines = {"cnnlab": cnnlab_loader(root, args.batch_size, args.workers, device),
-                     "reference": reference_loader(root, args.batch_size, args.workers, device)}
-        if device.type == "cuda":
-            gpu_loader = cnnlab_loader(root, args.batch_size, args.workers, device, decode="gpu")
-            print(gpu_loader.decode_note)
-            if gpu_loader.decode == "gpu":
-                pipelines["cnnlab gpu"] = gpu_loader
-        targets = pipelines["cnnlab"].dataset.targets
-        means = {}
-        for name, loader in pipelines.items():  # untimed: start-up, and the checks of a whole epoch
-            xs, ys = epoch(loader, device)
-            problems += epoch_problems(name, xs, ys, targets)
-            means[name] = channel_means(xs)
-        pipelines["gpu host"] = bytes_loader(root, args.batch_size, args.workers)
-        xs, ys = epoch(pipelines["gpu host"], device)
-        if not np.array_equal(np.sort(torch.cat(ys).numpy()), np.sort(targets)):
-            problems.append("gpu host: an epoch does not yield every image once")
-        for name, mean in means.items():
-            # mean colour over an epoch of random crops: ~0.03 standard error at 400 images; 0.15 is ~5 of them
-            if np.abs(mean - means["reference"]).max() > 0.15:
-                problems.append(f"{name}: mean normalised colour {np.round(mean, 3)} against the reference's "
-                                f"{np.round(means['reference'], 3)}")
-
+        pipelines = build_pipelines(root, args.batch_size, args.workers, device)
+        problems += epoch_checks(pipelines, device, pipelines["cnnlab"].dataset.targets)
         rates = measure(pipelines, rounds, device, n)
-    core, workers, wall = ({name: statistics.median(r[key]) for name, r in rates.items()}
-                           for key in ("core", "workers", "wall"))
-    ratio = core["cnnlab"] / core["reference"]
-    print(f"samples/s per core: cnnlab {core['cnnlab']:.0f}, reference {core['reference']:.0f}, ratio {ratio:.2f}")
-    where = "the GPU" if device.type == "cuda" else "the CPU (this run's device)"
-    print(f"  (per CPU-second of all processes; cnnlab's main process normalises on {where}, the reference's "
-          f"workers do with ToTensor + Normalize)")
-    print(f"in the workers alone: cnnlab {workers['cnnlab']:.0f}, reference {workers['reference']:.0f} per "
-          f"CPU-second, ratio {workers['cnnlab'] / workers['reference']:.2f} (what a GPU run's host pays per "
-          f"sample, cnnlab normalising on the GPU)")
-    print(f"samples/s, wall clock with {args.workers} workers: cnnlab {wall['cnnlab']:.0f}, reference "
-          f"{wall['reference']:.0f} (ratio {wall['cnnlab'] / wall['reference']:.2f}); per worker process: cnnlab "
-          f"{wall['cnnlab'] / max(1, args.workers):.0f}, reference {wall['reference'] / max(1, args.workers):.0f}")
-    print(f"host side of --decode gpu (bytes and boxes, no decode): {core['gpu host']:.0f} samples per CPU-second, "
-          f"{workers['gpu host']:.0f} in the workers alone")
-    if "cnnlab gpu" in core:
-        print(f"GPU decode: {wall['cnnlab gpu']:.0f} samples/s wall, {core['cnnlab gpu']:.0f} per CPU-second "
-              f"({wall['cnnlab gpu'] / wall['cnnlab']:.2f}× the CPU path's wall rate)")
-    print(f"targets (reported, never enforced): ratio ≥ 2 {'met' if ratio >= 2 else 'MISSED'}; ≥ 700 per core "
-          f"{'met' if core['cnnlab'] >= 700 else 'MISSED'}; load average now {os.getloadavg()[0]:.1f}")
+    report(rates, args.workers, device)
     exit_if_wrong(problems)
 
 

@@ -38,10 +38,9 @@ def test_the_synthetic_folder_is_imagenet_shaped(bench):
 
 def test_checks_pass_on_cnnlab_and_the_reference(bench):
     assert bench.decode_problems(bench.root, 4) == []
-    device = torch.device("cpu")
-    for loader in (bench.cnnlab_loader(bench.root, 5, 0, device), bench.reference_loader(bench.root, 5, 0, device)):
-        xs, ys = bench.epoch(loader, device)
-        assert bench.epoch_problems("x", xs, ys, np.arange(12) % 3) == []
+    pipelines = bench.build_pipelines(bench.root, 5, 0, torch.device("cpu"))
+    assert sorted(pipelines) == ["cnnlab", "gpu host", "reference"]  # no CUDA here: no GPU-decoding pipeline
+    assert bench.epoch_checks(pipelines, torch.device("cpu"), np.arange(12) % 3) == []
 
 
 def test_checks_catch_wrong_epochs(bench):
