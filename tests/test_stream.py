@@ -418,3 +418,23 @@ def test_the_gpu_probe_names_why_cuda_decoding_is_unavailable():
     if torch.cuda.is_available():
         pytest.skip("this machine can decode on CUDA")
     assert stream.gpu_decode_problem("cuda").startswith("torchvision's decode_jpeg cannot decode on cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_decode_on_cuda_matches_the_cpu_path_closely(tmp_path):
+    # nvJPEG's IDCT and colour conversion are not libjpeg-turbo's, and CUDA resizes floats where the CPU resizes
+    # uint8: the same boxes and flips give batches a mean of ≤ 2 grey levels apart (normalised units here).
+    pytest.importorskip("torchvision")
+    root = _jpeg_split(tmp_path / "train")
+
+    def loader(decode):
+        dataset = StreamingImageFolder(root, True, 160, 160, seed=4)
+        return StreamLoader(dataset, range(len(dataset)), batch_size=3, device="cuda", train=True, mean=[0, 0, 0],
+                            std=[1, 1, 1], workers=2, seed=4, decode=decode)
+
+    gpu = loader("gpu")
+    assert gpu.decode == "gpu", gpu.decode_note
+    (x1, y1), (x2, y2) = _epoch(loader("cpu")), _epoch(gpu)
+    assert torch.equal(y1, y2) and x1.shape == x2.shape
+    assert (x1 - x2).abs().mean().item() * 255 <= 2
