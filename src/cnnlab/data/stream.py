@@ -2,7 +2,7 @@
 
 Each training sample is decoded and augmented on the CPU in persistent DataLoader workers and handed over as
 uint8 (H, W, 3), the memory of a channels_last batch; normalisation happens on the device, so the host→device
-copy moves 4× fewer bytes and the CPU never touches floats. The transforms follow torchvision's ImageNet recipe
+copy moves 4× fewer bytes and the workers never touch floats. The transforms follow torchvision's ImageNet recipe
 (RandomResizedCrop + flip for training, resize + center crop for evaluation), written with PIL and torch only.
 
 Where the CPU time goes, per 400×400 JPEG on this project's 2-core Xeon (benchmarks/stream.py): the decode is
@@ -13,6 +13,7 @@ is ≥ 2× the output, and the crop box is drawn with Python's random, not torch
 installs it in place of Pillow, speeds up the PIL parts (evaluation resizes, PNGs); it is never required.
 `decode="gpu"` moves the decode itself to the device (StreamLoader).
 """
+
 import io
 import math
 import os
@@ -469,7 +470,7 @@ class StreamLoader(EpochOrder):
             self.decode_note = ("JPEG decode: on the device, in batches (torchvision decode_jpeg, nvJPEG)"
                                 if self.decode == "gpu" else f"JPEG decode: CPU workers (--decode gpu unavailable: "
                                                              f"{problem})")
-        dataset.encoded = self.decode == "gpu"
+        dataset.encoded = self.decode == "gpu"  # the workers hand over bytes only when the device decodes
         self._batches = _EpochBatches()
         self._loader = None
 
