@@ -47,6 +47,7 @@ from common import REPO, cpu_name, exit_if_wrong, parser, pick_device, sync
 DEFAULT_TINY = REPO.parent / "shared/datasets/tiny-imagenet-200-train100.tar.gz"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SIZE = 224
+BICUBIC = Image.Resampling.BICUBIC
 
 
 # -- the synthetic folder -----------------------------------------------------------------------------------------
@@ -62,7 +63,7 @@ def source_images(path: Path, n: int) -> tuple[list[Image.Image], str]:
                         break
         return images, f"Tiny ImageNet images from {path.name}"
     rng = np.random.default_rng(0)
-    fields = [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((64, 64), Image.Resampling.BICUBIC)
+    fields = [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((64, 64), BICUBIC)
               for _ in range(n)]
     return fields, f"smooth random fields ({path} not found: not photos, so decode times are optimistic)"
 
@@ -80,7 +81,7 @@ def write_folder(root: Path, n: int, classes: int, source: Path) -> str:
         for a in range(2):
             for b in range(2):
                 tile = tiles[4 * label + int(rng.integers(4))]  # a class's own images, so labels mean something
-                canvas.paste(tile.resize((xs[a + 1] - xs[a], ys[b + 1] - ys[b]), Image.Resampling.BICUBIC), (xs[a], ys[b]))
+                canvas.paste(tile.resize((xs[a + 1] - xs[a], ys[b + 1] - ys[b]), BICUBIC), (xs[a], ys[b]))
         pixels = np.asarray(canvas).astype(np.int16) + rng.normal(0, 8, (h, w, 3)).astype(np.int16)
         folder = root / "train" / f"n{label:08d}"
         folder.mkdir(parents=True, exist_ok=True)

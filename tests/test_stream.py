@@ -102,10 +102,11 @@ def test_crop_box_draws_like_torchvision():
     height, width, n = 375, 500, 4000
     rng = random.Random(0)
     ours = np.array([sample_crop_box(height, width, rng) for _ in range(n)], dtype=float)
+    image = torch.empty(1, height, width)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        theirs = np.array([transforms.RandomResizedCrop.get_params(torch.empty(1, height, width), scale=[0.08, 1.0],
-                                                                   ratio=[3 / 4, 4 / 3]) for _ in range(n)], dtype=float)
+        theirs = np.array([transforms.RandomResizedCrop.get_params(image, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
+                           for _ in range(n)], dtype=float)
 
     def features(boxes):
         top, left, h, w = boxes.T
