@@ -204,6 +204,8 @@ def _introduce(setup: Setup, model, recipe: dict, tuning: list[str], notes=()) -
         setup.say(describe_processes(config, d))
     if getattr(data.train, "mixer", None):
         setup.say(data.train.mixer.describe())
+    if getattr(data.train, "decode_note", None):
+        setup.say(data.train.decode_note)
     setup.say(describe_machine(setup))
 
 

@@ -71,6 +71,10 @@ class TrainConfig:
     image_size: int = _f(224, "streamed datasets (imagenet): training crop and evaluation centre-crop size")
     resize_size: int = _f(256, "streamed datasets: the shorter side is resized to this before the centre crop")
     workers: int = _f(4, "streamed datasets: DataLoader worker processes")
+    decode: str = _f("cpu", "streamed datasets: where training JPEGs are decoded: cpu (in the workers) or gpu "
+                            "(the workers send the bytes; the device decodes and crops them in batches with "
+                            "torchvision's decode_jpeg; needs CUDA and torchvision, else the CPU path runs and the "
+                            "log says why)", ("cpu", "gpu"))
     # optimisation
     epochs: int = _f(10, "passes over the training split; changing the epochs a --config file sets rescales its "
                          "warm-up, milestones and Lookahead start (unless given too), and the log says so")

@@ -115,7 +115,7 @@ def split_images(loader, indices: list[int]) -> list[np.ndarray]:
     if hasattr(loader, "images"):
         return [loader.images[i].cpu().numpy() for i in indices]
     dataset = loader.dataset
-    return [dataset.load(int(loader.indices[i])).permute(1, 2, 0).numpy() for i in indices]
+    return [dataset.load(int(loader.indices[i])).numpy() for i in indices]
 
 
 def split_paths(loader, indices: list[int]) -> list[str] | None:

@@ -152,7 +152,8 @@ def _streamed_data(config: TrainConfig, device: torch.device, dtype, d: Dist) ->
     common = {"device": device, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "dtype": dtype,
               "channels_last": wants_channels_last(config.model, device), "workers": config.workers, "rank": d.rank,
               "world_size": d.world_size}
-    train = StreamLoader(train_set, train_idx, batch_size=batch, train=True, seed=config.seed, **common)
+    train = StreamLoader(train_set, train_idx, batch_size=batch, train=True, seed=config.seed, decode=config.decode,
+                         **common)
     val = StreamLoader(eval_set, val_idx, batch_size=batch, train=False, **common) if len(val_idx) else None
     test = StreamLoader(test_set, _subset(len(test_set), config.test_subset), batch_size=batch, train=False,
                         **common)

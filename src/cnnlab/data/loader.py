@@ -132,6 +132,14 @@ def to_model_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype
 
     mean/std are per-channel on the [0, 1] scale. Shared by the in-memory and the streaming loader.
     """
+    if layout == "nhwc" and channels_last:
+        # NHWC memory is already channels_last: normalise it as (N·H, W·C) rows against mean and std repeated W
+        # times. Broadcasting (1, C, 1, 1) over channels_last memory runs a 3-element innermost loop, 2-6× slower
+        # on the CPU (benchmarks/stream.py found it: it cost more than decoding a JPEG).
+        n, h, w, c = x.shape
+        rows = x.reshape(n * h, w * c).to(torch.float32)
+        rows = rows.sub_((mean * 255).repeat(w)).div_((std * 255).repeat(w))
+        return rows.view(n, h, w, c).permute(0, 3, 1, 2).to(dtype)
     if layout == "nhwc":
         x = x.permute(0, 3, 1, 2)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

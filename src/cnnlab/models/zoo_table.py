@@ -1,4 +1,4 @@
-"""One row per registered model: what `cnnlab models` prints and the README's table shows."""
+"""One row per registered model: what `cnnlab models` prints and docs/models.md's table shows."""
 
 import torch
 

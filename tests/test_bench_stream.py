@@ -1,0 +1,52 @@
+"""benchmarks/stream.py's wrong-result checks: they pass on cnnlab's real output and catch what is wrong."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    pytest.importorskip("torchvision")
+    # The script imports `common` from its own folder, as it runs; load both by path for this module only
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("benchmarks_stream", BENCH / "stream.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    module.root = tmp_path_factory.mktemp("synthetic")
+    # no Tiny ImageNet here: the script's own fallback content (smooth random fields)
+    module.line = module.write_folder(module.root, 12, 3, module.root / "missing.tar.gz")
+    return module
+
+
+def test_the_synthetic_folder_is_imagenet_shaped(bench):
+    files = sorted((bench.root / "train").glob("n*/*.JPEG"))
+    assert len(files) == 12 and len({f.parent for f in files}) == 3 and "not found" in bench.line
+    sizes = [bench.Image.open(f).size for f in files]
+    assert all(300 <= w <= 500 and 300 <= h <= 500 for w, h in sizes)
+
+
+def test_checks_pass_on_cnnlab_and_the_reference(bench):
+    assert bench.decode_problems(bench.root, 4) == []
+    pipelines = bench.build_pipelines(bench.root, 5, 0, torch.device("cpu"))
+    assert sorted(pipelines) == ["cnnlab", "gpu host", "reference"]  # no CUDA here: no GPU-decoding pipeline
+    assert bench.epoch_checks(pipelines, torch.device("cpu"), np.arange(12) % 3) == []
+
+
+def test_checks_catch_wrong_epochs(bench):
+    device = torch.device("cpu")
+    xs, ys = bench.epoch(bench.cnnlab_loader(bench.root, 5, 0, device), device)
+    targets = np.arange(12) % 3
+    assert "each once" in bench.epoch_problems("x", xs, ys[:-1], targets)[0]  # an image missing
+    assert "outside [0, 1]" in bench.epoch_problems("x", [x * 2 for x in xs], ys, targets)[0]  # not normalised so
+    assert "not (N, 3, 224, 224)" in bench.epoch_problems("x", [x[:, :, :100] for x in xs], ys, targets)[0]
