@@ -19,7 +19,8 @@ from cnnlab.errors import CnnlabError, one_of
 from cnnlab.optimizers import OPTIMIZERS
 
 
-END_OF_CONFIG = "# end of cnnlab config"  # lets a reader tell a complete config.toml from a truncated one
+END_OF_CONFIG = "# end of cnnlab config"
+_STREAMED = ", ".join(s.name for s in DATASETS.values() if s.streamed)  # for help strings: "imagenet"  # lets a reader tell a complete config.toml from a truncated one
 
 
 def _f(default, help, choices=None):
@@ -68,7 +69,7 @@ class TrainConfig:
                             "batch uses one of the two, chosen with probability ½ (as timm does)")
     mix_prob: float = _f(1.0, "share of training batches that --mixup/--cutmix mix")
     cache_dir: str | None = _f(None, "prepared-dataset cache (default: ~/.cache/cnnlab)")
-    image_size: int = _f(224, "streamed datasets (imagenet): training crop and evaluation centre-crop size")
+    image_size: int = _f(224, f"streamed datasets ({_STREAMED}): training crop and evaluation centre-crop size")
     resize_size: int = _f(256, "streamed datasets: the shorter side is resized to this before the centre crop")
     workers: int = _f(4, "streamed datasets: DataLoader worker processes")
     decode: str = _f("cpu", "streamed datasets: where training JPEGs are decoded: cpu (in the workers) or gpu "
