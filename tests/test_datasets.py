@@ -11,7 +11,7 @@ def test_every_dataset_with_files_has_a_data_home_copy_and_an_augmentation_unles
             assert not spec.copies and not spec.official, spec.name
             continue
         assert spec.copies, spec.name  # what `data list` and locate() look for
-        assert spec.streamed or spec.name in loader.PRESETS, spec.name
+        assert spec.streamed or spec.name in loader.AUGMENT_PRESETS, spec.name
 
 
 def test_an_official_archive_is_the_first_copy_the_data_home_takes():

@@ -11,7 +11,7 @@ import torch
 
 from cnnlab.config import TrainConfig
 from cnnlab.data import DATASETS, STREAMED, check_imagenet_root, detect_dataset, home, load_dataset, split_train_val
-from cnnlab.data.loader import PRESETS, Augment, DeviceLoader, augment_preset, channel_stats
+from cnnlab.data.loader import AUGMENT_PRESETS, Augment, DeviceLoader, augment_preset, channel_stats
 from cnnlab.data.stream import StreamingImageFolder, StreamLoader
 from cnnlab.distributed import Dist
 from cnnlab.errors import CnnlabError
@@ -199,4 +199,4 @@ def _augmentation(config: TrainConfig, dataset: str, is_image: bool, device: tor
             raise CnnlabError(f"--{for_images[0].replace('_', '-')} augments images, but {config.dataset} holds "
                               "feature vectors; leave it out")
         return augment_preset("none")
-    return augment_preset(config.augment or (dataset if dataset in PRESETS else "none"), **added)
+    return augment_preset(config.augment or (dataset if dataset in AUGMENT_PRESETS else "none"), **added)

@@ -45,7 +45,7 @@ class Augment:
 
 
 # Each dataset's own preset comes from its row in cnnlab.datasets; then the presets of no one dataset.
-PRESETS = {s.name: Augment(**s.augment) for s in DATASETS.values() if s.augment is not None} | {
+AUGMENT_PRESETS = {s.name: Augment(**s.augment) for s in DATASETS.values() if s.augment is not None} | {
     "images": Augment(crop_padding=4, flip=True),
     "speedrun": Augment(crop_padding=2, flip=True, reflect=True, alternate_flip=True),  # 2-pixel shifts, mirrored
     "none": Augment(),
@@ -54,13 +54,13 @@ PRESETS = {s.name: Augment(**s.augment) for s in DATASETS.values() if s.augment 
 
 def augment_preset(dataset: str, **overrides) -> Augment:
     """The dataset's preset with any fields overridden, e.g. augment_preset("cifar10", cutout=8)."""
-    if dataset not in PRESETS:
-        raise CnnlabError(f"no augmentation preset {dataset!r}; choose one of: {', '.join(PRESETS)}")
+    if dataset not in AUGMENT_PRESETS:
+        raise CnnlabError(f"no augmentation preset {dataset!r}; choose one of: {', '.join(AUGMENT_PRESETS)}")
     bad = set(overrides) - set(Augment.__dataclass_fields__)
     if bad:
         raise CnnlabError(f"unknown augmentation option {sorted(bad)[0]!r}; "
                           f"options: {', '.join(Augment.__dataclass_fields__)}")
-    return replace(PRESETS[dataset], **overrides)
+    return replace(AUGMENT_PRESETS[dataset], **overrides)
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
