@@ -133,6 +133,17 @@ TWINS = {
 }
 
 NOT_RUN = {
+    ("README.md", "cnnlab data fetch cifar10            # the official archive into the data home, MD5-checked "
+                  "(`cnnlab data list`)"):
+        "downloads from the official addresses; tests/test_data_home.py runs `cnnlab data fetch` against a local "
+        "server publishing the same formats",
+    ("README.md", "cnnlab data fetch tinyimagenet && cnnlab sweep seed-report"):
+        "downloads, then an hour of training; tests/test_data_home.py runs the seed report from a data home of "
+        "official-format archives (in-process, and from the installed wheel outside the checkout: test_wheel.py)",
+    ("docs/data.md", "cnnlab data fetch cifar10 tinyimagenet    # the official archives into the data home, "
+                     "MD5-checked"):
+        "downloads from the official addresses; tests/test_data_home.py runs `cnnlab data fetch` against a local "
+        "server publishing the same formats",
     ("docs/tuning.md", "pip install 'cnnlab[tune]'                       # Optuna"):
         "installs from the network; the test extra has optuna, so the suite runs `cnnlab tune` itself",
     ("README.md", "make demo   # creates .venv, installs cnnlab, trains an MLP on MNIST (~20 s on 2 CPU cores, ~98 % "
@@ -148,6 +159,8 @@ PAGE_SETUP = {
 # The default run: each command family once (train, eval, predict, data, models, presets, sweep and tune
 # --dry-run), about 15 processes; every block runs, in page order, under the `slow` marker.
 FAST = {
+    ("docs/data.md", "cnnlab data list                          # each dataset's copies, what each is, which one a "
+                     "run takes, what is missing"),
     ("README.md", "cnnlab train --model resnet18 --dataset cifar10 --out runs/r18"),
     ("docs/methods.md", "cnnlab train --model linreg --dataset synthetic-linear --batch-size 10 --epochs 3 --lr "
                         "0.03 --momentum 0 --out runs/linreg"),
@@ -316,7 +329,16 @@ def check_kill_resume(work, out):
     assert "OK (" in out.splitlines()[-1], out
 
 
+def check_data_home(work, out):
+    assert "used cifar-10-python.tar.gz" in out and "used tiny-imagenet-200.zip" in out and "used mnist/" in out
+    assert out.count("(cifar10 from $CNNLAB_DATA, the official files: ") == 2
+    assert out.count("(tinyimagenet from $CNNLAB_DATA, the official files: ") == 2
+    assert "dry run: nothing trained, nothing created" in out and not (work / "runs").exists()
+
+
 CHECKS = {
+    ("docs/data.md", "cnnlab data list                          # each dataset's copies, what each is, which one a "
+                     "run takes, what is missing"): check_data_home,
     ("README.md", "cnnlab train --model resnet18 --dataset cifar10 --out runs/r18"): check_next,
     ("docs/training.md", "cnnlab train --model resnet18 --dataset cifar10 \\"): check_train_r18,
     ("docs/training.md", "cnnlab train --model softmax --data ~/Downloads/cifar-10-python.tar.gz"):

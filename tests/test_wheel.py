@@ -88,6 +88,11 @@ def test_the_installed_wheel_lists_plans_and_trains_presets_by_name_outside_the_
     summary = json.loads((elsewhere / "runs" / "seed-report" / "vgg11-tinyimagenet-seed0" / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and summary["data_copy"].startswith("official: Tiny ImageNet")
 
+    out = run(cnnlab, "train", "--config", "speedrun-cifar10", "--epochs", "1", "--subset", "2000", "--out",
+              "speedrun", cwd=elsewhere, env=env)  # a preset shortened: its warm-up and Lookahead follow
+    assert "warmup_epochs 2.3 → 0.23 (the config's 10 epochs shortened to 1)" in out.splitlines()
+    assert json.loads((elsewhere / "speedrun" / "summary.json").read_text())["data_label"] == "cifar10"
+
     out = run(cnnlab, "train", "--config", "demo-mnist-mlp", "--epochs", "1", "--out", "run", cwd=elsewhere, env=env)
     assert f"data: {data / 'mnist'} (mnist from $CNNLAB_DATA, the official files: " in out
     config = (elsewhere / "run" / "config.toml").read_text(encoding="utf-8")
