@@ -2,6 +2,7 @@
 
 import contextlib
 import csv
+import dataclasses
 import json
 import platform
 import subprocess
@@ -35,6 +36,8 @@ class RunFolder:
 
     @classmethod
     def create(cls, config: TrainConfig) -> "RunFolder":
+        """A new, empty run folder at config.out (else the default path) holding config.toml, with `out` as the
+        folder's path; `config` itself is not changed."""
         path = Path(config.out or default_run_path(config))
         if path.exists() and not path.is_dir():
             raise CnnlabError(f"--out {path} is a file, not a folder; pick another --out")
@@ -42,7 +45,7 @@ class RunFolder:
             raise CnnlabError(f"run folder {path} already exists and is not empty; pick another --out, "
                               f"or continue it with --resume {path}")
         created = not path.exists()
-        config.out = str(path)
+        config = dataclasses.replace(config, out=str(path))
         try:
             path.mkdir(parents=True, exist_ok=True)
             with atomic_write(path / runfiles.CONFIG, "w") as f:
