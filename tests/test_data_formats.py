@@ -242,14 +242,15 @@ def test_imagenet_folders_are_streamed_not_loaded(tmp_path, capsys):
         load_dataset("imagenet", root)
     with pytest.raises(Exception, match="pass --dataset imagenet"):
         load_dataset(None, root, cache_dir=tmp_path / "c")
-    # As training streams it: uint8 images decoded per sample, normalised into channels_last batches.
+    # As training streams it: uint8 images decoded per sample (height, width, channel: the loader normalises them on
+    # the device), normalised into channels_last batches.
     folder = StreamingImageFolder(root / "train", False, image_size=32, resize_size=36)
-    assert folder[0][0].dtype == torch.uint8 and folder[0][0].shape == (3, 32, 32)
+    assert folder[0][0].dtype == torch.uint8 and folder[0][0].shape == (32, 32, 3)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     loader = StreamLoader(folder, range(len(folder)), batch_size=4, device="cpu", train=False, mean=mean, std=std,
                           workers=0)
     x, y = next(iter(loader))
     assert x.shape == (4, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
-    by_hand = (torch.stack([folder[i][0] for i in range(4)]) / 255 - torch.tensor(mean).view(3, 1, 1)) \
-        / torch.tensor(std).view(3, 1, 1)
+    chw = torch.stack([folder[i][0].permute(2, 0, 1) for i in range(4)])
+    by_hand = (chw / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     assert torch.allclose(x, by_hand, atol=1e-5) and y.tolist() == [0, 0, 0, 1]
