@@ -148,3 +148,10 @@ def test_under_torchrun_one_line_says_the_batch_is_global():
         "(lr and recipes follow the global batch)")
     three = Dist(rank=0, world_size=3)
     assert "takes 85 or 86 images" in describe_processes(TrainConfig(batch_size=256), three)
+
+
+def test_eval_of_a_missing_run_folder_says_so(tmp_path, capsys):
+    from cnnlab.cli import main
+
+    assert main(["eval", str(tmp_path / "runs" / "missing")]) == 2
+    assert capsys.readouterr().err == f"cnnlab: error: run folder or checkpoint {tmp_path}/runs/missing does not exist\n"

@@ -113,3 +113,14 @@ def test_a_killed_rank_ends_the_whole_job(tmp_path):
     finally:
         if job.poll() is None:
             job.kill()
+
+
+def test_sync_bn_on_the_cpu_is_one_line_before_any_run_folder(tmp_path):
+    folder, _ = write_image_folder(tmp_path / "digits", classes=[str(d) for d in range(10)], per_class=4, size=28)
+    two = torchrun(2, "--model", "mlp", "--hidden", "16", "--batch-norm", "--dataset", "mnist", "--data", folder,
+                   "--epochs", "1", "--sync-bn", "--device", "cpu", "--cache-dir", tmp_path / "cache",
+                   "--out", tmp_path / "run")
+    assert two.returncode != 0
+    errors = [line for line in two.stderr.splitlines() if line.startswith("cnnlab: error:")]
+    assert errors and all(e.startswith("cnnlab: error: --sync-bn needs CUDA GPUs") for e in errors), two.stderr
+    assert "Traceback" not in two.stderr.split("cnnlab: error:")[0] and not (tmp_path / "run").exists()

@@ -167,6 +167,9 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
         tuning.append(freeze_backbone(model))
     model = _memory_format(model, options["name"], device)
     if config.sync_bn and d.enabled:
+        if device.type != "cuda":  # PyTorch's SyncBatchNorm runs on CUDA only: DDP refuses it with a traceback
+            raise CnnlabError(f"--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no {device.type} kernels); "
+                              "leave it out here, and each process normalises its own share of the batch")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if run is None:
         run, config = _create_run(config, d, stack)

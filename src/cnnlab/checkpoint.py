@@ -41,7 +41,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
             raise CnnlabError(f"{path.parent} has no last.pt: the run stopped before its first checkpoint, so there "
                               f"is nothing to resume; start it again with cnnlab train --config "
                               f"{path.parent / 'config.toml'} --out NEW_FOLDER")
-        raise CnnlabError(f"checkpoint {path} does not exist")
+        what = "checkpoint" if path.suffix else "run folder or checkpoint"  # `eval runs/x` names a folder
+        raise CnnlabError(f"{what} {path} does not exist")
     if path.stat().st_size == 0:
         raise CnnlabError(f"{path} is empty (0 bytes): the write that made it did not finish; use another copy")
     if not _looks_like_torch_file(path):
