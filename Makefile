@@ -66,6 +66,7 @@ bench: setup
 	else echo "bench: $(CIFAR) not found, so data.py, seed_experiment.py, seed_recipe_grid.py, speedrun.py and" \
 		"tensorboard_cost.py are skipped (point DATA= at the datasets folder)"; fi
 	$(PY) benchmarks/throughput.py $(BENCH_ARGS)
+	$(PY) benchmarks/step_ops.py $(filter --quick,$(BENCH_ARGS))
 	$(PY) benchmarks/stream.py $(BENCH_ARGS) --source $(DATA)/tiny-imagenet-200-train100.tar.gz
 	@# cpu.py measures the CPU whatever the device, so it takes only the size; bench_models.py has one size and
 	@# takes only the device (without it, a GPU machine's CPU run would time the GPU).

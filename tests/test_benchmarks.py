@@ -6,6 +6,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -115,3 +116,47 @@ def test_make_bench_names_every_benchmark_it_skips_without_the_cifar_archive():
     scripts = re.findall(r"benchmarks/(\w+\.py)", needs_cifar)
     assert len(scripts) >= 5 and "data.py" in scripts
     assert [s for s in scripts if s not in skipped] == [], skipped
+
+
+def load_script(name: str):
+    """A benchmark script as a module; its folder goes on sys.path for its own `import common`."""
+    sys.path.insert(0, str(COMMON.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", COMMON.parent / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(COMMON.parent))
+
+
+def test_step_ops_counts_each_operator_once_under_the_part_it_ran_in():
+    import torch
+
+    step_ops = load_script("step_ops")
+    counter = step_ops.Counter()
+    a = torch.ones(3)
+    with counter:
+        with counter.labelled("loader"):
+            b = a + 1
+        (b * 2).sum()
+    assert counter.ops == {"loader": 1, "bookkeeping": 2}
+
+
+def test_step_ops_counts_cnnlabs_real_loop_and_leaves_it_unpatched(tmp_path):
+    import cnnlab.engine as engine
+    from cnnlab.averaging import Lookahead
+    from cnnlab.data.loader import DeviceLoader
+
+    step_ops = load_script("step_ops")
+    originals = (engine.train_one_epoch, engine.forward_backward, engine.optimizer_step, Lookahead.step,
+                 DeviceLoader.__iter__)
+    root = step_ops.write_images(tmp_path / "images")
+    config = step_ops.CONFIGS["speedrun-cifar10"](root, tmp_path)
+    ops, parts, summary = step_ops.cnnlab_count(replace(config, hidden=[4, 8, 8]))
+    assert (engine.train_one_epoch, engine.forward_backward, engine.optimizer_step, Lookahead.step,
+            DeviceLoader.__iter__) == originals
+    assert set(parts) == {"loader", "forward + backward", "optimizer + schedule", "Lookahead", "bookkeeping"}
+    assert ops == pytest.approx(sum(parts.values())) and parts["forward + backward"] > 50
+    minimal, minimal_parts, loss = step_ops.minimal_count(replace(config, hidden=[4, 8, 8]), summary)
+    assert np.isfinite(loss) and minimal_parts["loader"] == 2  # one gather of images, one of labels

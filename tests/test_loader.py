@@ -119,3 +119,38 @@ def test_regression_features_are_batched_as_they_are():
     y = x.sum(1, keepdims=True)
     xb, yb = next(iter(DeviceLoader(x, y, batch_size=30)))
     assert torch.equal(xb, torch.from_numpy(x)) and yb.shape == (30, 1)
+
+
+def test_a_prepared_epoch_shows_every_image_once_shifted_and_normalised_in_two_slices_a_step():
+    """Crops and flips done once per epoch over the whole set (issue 26): each step is a slice of the prepared set,
+    each image appears once with its own label, as a mirrored-border window of itself, normalised."""
+    x = images(n=40)
+    augment = augment_preset("speedrun")  # 2-pixel reflect shifts, alternating flips
+    loader = DeviceLoader(x, np.arange(40), batch_size=16, train=True, augment=augment, seed=5)
+    assert loader.prepares_epochs
+    mean, std = loader.mean[:, None, None], loader.std[:, None, None]
+    raw = torch.from_numpy(x).permute(0, 3, 1, 2).float()
+    padded = torch.nn.functional.pad(raw, (2, 2, 2, 2), mode="reflect")
+    for _ in range(2):
+        batches = list(loader)
+        assert [len(y) for _, y in batches] == [16, 16, 8]
+        assert all(b.is_contiguous(memory_format=torch.channels_last) for b, _ in batches)
+        labels = torch.cat([y for _, y in batches])
+        assert sorted(labels.tolist()) == list(range(40))
+        for image, label in zip(torch.cat([b for b, _ in batches]), labels):
+            pixels = image * std + mean  # back to [0, 1]
+            windows = [padded[label, :, dy:dy + 8, dx:dx + 8] / 255 for dy in range(5) for dx in range(5)]
+            assert any(torch.allclose(pixels, w, atol=1e-5) or torch.allclose(pixels, w.flip(2), atol=1e-5)
+                       for w in windows), int(label)
+
+
+def test_augmentation_that_needs_each_batch_stays_per_batch():
+    x = images(n=20)
+    per_batch = [augment_preset("cifar10", cutout=4), augment_preset("cifar10", auto_augment="trivialaugment"),
+                 augment_preset("cifar10", mixup=0.2)]
+    for augment in per_batch:
+        loader = DeviceLoader(x, np.arange(20), batch_size=8, train=True, augment=augment, num_classes=20)
+        assert not loader.prepares_epochs, augment
+        assert sum(len(y) for _, y in loader) == 20
+    assert DeviceLoader(x, np.arange(20), batch_size=8, train=True, augment=augment_preset("cifar10")).prepares_epochs
+    assert not DeviceLoader(x, np.arange(20), batch_size=8).prepares_epochs  # evaluation: nothing to prepare

@@ -26,8 +26,9 @@ class Lookahead:
         self.average: dict[str, torch.Tensor] | None = None
 
     def _weights(self) -> dict[str, torch.Tensor]:
-        """Parameters and float buffers (batch-norm running statistics), not integer counters."""
-        return {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
+        """Parameters and float buffers (batch-norm running statistics), not integer counters. keep_vars: the
+        tensors themselves; a plain state_dict() dispatches a detach per tensor, every pull."""
+        return {k: v for k, v in self.model.state_dict(keep_vars=True).items() if v.is_floating_point()}
 
     @torch.no_grad()
     def step(self, step: int) -> None:

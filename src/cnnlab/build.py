@@ -394,6 +394,13 @@ def describe_method(config: TrainConfig, data: Data) -> str:
         line += f"; gradient norm clipped to {config.clip_grad_norm}"
     if config.ema_decay:
         line += f"; validated and tested with the weights' EMA (decay {config.ema_decay})"
+    if config.static_shapes:
+        skipped = data.train.skipped
+        line += (f"; static shapes: every batch holds {data.train.batch_size} images, so each epoch skips the last "
+                 f"{skipped} of its shuffled order (a different {skipped} each epoch)" if skipped else
+                 f"; static shapes: every batch holds {data.train.batch_size} images (none skipped)")
+        line += (", and evaluation pads its last batch, counting only the real images" if data.test.pad_last else
+                 "; evaluation keeps its short last batch (padding it pays only on CUDA or with --compile)")
     rest = data.train.merged_rest
     if rest:
         line += (f"; the last batch of each epoch would hold {rest} image{'s' if rest > 1 else ''}, too few for "

@@ -130,6 +130,10 @@ class TrainConfig:
                                 "loss scaling on GPUs without bf16, else fp32), fp32, bf16 or fp16",
                         ("auto", "fp32", "bf16", "fp16"))
     compile: bool = _f(False, "torch.compile the model")
+    static_shapes: bool = _f(False, "every batch the model sees has one shape: training skips each epoch's last "
+                                    "partial batch (a different one each epoch; the log says how many images) and, "
+                                    "on CUDA or with --compile, evaluation pads its last batch, leaving the padding "
+                                    "out of every metric; a compiled model then never recompiles (speedrun: on)")
     threads: int | None = _f(None, "CPU threads for PyTorch's kernels (default: every core this process may use)")
     deterministic: bool = _f(False, "deterministic kernels (torch.use_deterministic_algorithms, no cuDNN "
                                     "autotuning): two runs with one seed give identical numbers, a little slower")
@@ -184,6 +188,8 @@ class TrainConfig:
                  "use a finite number ≥ 0")
         need(self.lr is None or 0 < self.lr <= 1e6, "lr", "use a number in (0, 1e6]")
         need(isinstance(self.accumulate, int) and self.accumulate >= 1, "accumulate", "use a positive integer")
+        need(not (self.static_shapes and self.full_batch), "static_shapes",
+             "--batch-size all adds up every example's gradient, so no batch can be skipped; drop --static-shapes")
         need(self.accumulate == 1 or not self.full_batch, "accumulate",
              "--batch-size all already adds up the whole training set's gradient in one step; drop --accumulate")
         need(math.isfinite(self.clip_grad_norm) and self.clip_grad_norm >= 0, "clip_grad_norm",

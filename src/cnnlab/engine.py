@@ -124,6 +124,9 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
         first, state.position = state.position["batch"], None
     state.model.train()
     progress = Progress(len(loader), epoch, setup.config.epochs, setup.say, _unit(loader))
+    # Each batch's loss goes to its slot, on the device; the first NaN/inf among them is looked for once, at the
+    # epoch's end (per batch that search would cost ten operators, and reading it a wait for the device).
+    losses = torch.zeros(len(loader), device=setup.device)
     for batch, (x, y) in enumerate(loader, start=first):
         step_first, step_last, step_examples = loader.step_span(batch)
         # --tensorboard logs every Nth optimizer step, numbered as the schedule counts them (from 1): its loss is
@@ -132,21 +135,46 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
         if logged and batch == step_first:
             loss_before, seen_before, step_lr = sums.loss.clone(), sums.n, state.optimizer.param_groups[0]["lr"]
         loss, out, grad_norm = train_step(setup, state, x, y, step_examples, batch == step_first, batch == step_last)
-        sums.add(loss, out.float(), y)
+        sums.add(loss, out, y)  # in the model's dtype: argmax of bf16 logits is that of their exact float32 copy
         if logged and batch == step_last:  # a whole step, every N steps only: reading its loss waits for the device
             board.step(state.scheduler.last_epoch, (sums.loss - loss_before) / (sums.n - seen_before), step_lr)
         if grad_norm is not None:
             sums.add_grad_norm(grad_norm)
-        first_nonfinite = setup.nonfinite_step  # on the device: checking it every batch would wait for it
-        first_nonfinite.copy_(torch.where((first_nonfinite < 0) & ~torch.isfinite(loss), batch, first_nonfinite))
+        losses[batch] = loss.detach()
         progress.update(sums.n, sums)
         # Under torchrun agreeing on a stop costs an all-reduce and a host sync, so ranks confer every few steps.
         confer = not d.enabled or (batch + 1) % (DIST_STOP_CHECK_EVERY * loader.batches_per_step) == 0
         if batch == step_last and confer and any_true(stop.check(epoch, batch + 1), d, loss.device):
             progress.close()
+            _note_nonfinite(setup, losses[first:batch + 1], first)
             return sums, batch + 1
     progress.close()
+    _note_nonfinite(setup, losses[first:], first)
     return sums, len(loader)
+
+
+def _note_nonfinite(setup: Setup, losses: torch.Tensor, first: int) -> None:
+    """Set setup.nonfinite_step to the batch index of the first NaN/inf among `losses` (batches from `first` on),
+    if the run has none yet — on the device, with no wait for it."""
+    bad = ~torch.isfinite(losses)
+    found = torch.where(bad.any(), first + bad.int().argmax(), -1)
+    setup.nonfinite_step.copy_(torch.where(setup.nonfinite_step < 0, found, setup.nonfinite_step))
+
+
+def pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`x` with copies of its last image appended up to `size` images (a batch of `size` or more: unchanged).
+
+    Every image is classified on its own in evaluation (batch norm uses its running statistics), so the padding
+    changes no real image's output; the caller slices the outputs back to the real images."""
+    missing = size - len(x)
+    if missing <= 0:
+        return x
+    return torch.cat([x, x[-1:].expand(missing, *x.shape[1:])]).contiguous(memory_format=_memory_format_of(x))
+
+
+def _memory_format_of(x: torch.Tensor):
+    return torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
 
 
 @torch.no_grad()
@@ -160,8 +188,9 @@ def evaluate(model, loader: DeviceLoader, task: str, num_classes: int, autocast=
     criterion = loss_fn(task)
     logits = []
     for x, y in loader:
+        x = pad_batch(x, loader.shard_size) if loader.pad_last else x
         with autocast:
-            out = tta_logits(model, x, tta).float()
+            out = tta_logits(model, x, tta).float()[:len(y)]
         sums.add(criterion(out, y), out, y)
         if return_logits:
             logits.append(out.cpu())

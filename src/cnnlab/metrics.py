@@ -44,7 +44,8 @@ class Sums:
     def add(self, loss, out, y):
         """Add a batch. Soft targets (N, classes) of a mixed batch count accuracy against each image's dominant
         label, the larger λ part (a tie at λ = ½ goes to the lower class index)."""
-        self.loss += loss.detach().double() * len(y)
+        with torch.no_grad():  # one operator: in float64, the loss times the batch's size, added
+            self.loss.add_(loss, alpha=len(y))
         if self.task == "classification":
             if y.ndim == 2:
                 y = y.argmax(1)

@@ -162,6 +162,21 @@ class EpochOrder:
     min_last: int = 1
     full_batch: bool = False  # every batch of an epoch adds to one gradient step (full-batch gradient descent)
     accumulate: int = 1  # batches whose gradients add up to one optimizer step (gradient accumulation)
+    # Evaluation under --static-shapes: the consumer pads a short last batch to `shard_size` images before the model
+    # and counts only the real ones (engine.evaluate), so every forward pass has one shape.
+    pad_last: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def shard_size(self) -> int:
+        """Images of a full batch that this process sees (its share [rank::world_size] of the global batch)."""
+        return len(range(self.rank, self.batch_size, self.world_size))
+
+    @property
+    def skipped(self) -> int:
+        """Images each training epoch leaves out (drop_last: the order's rest after the last full batch)."""
+        return self.num_examples % self.batch_size if self.drop_last else 0
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_examples, self.batch_size)
@@ -217,6 +232,12 @@ class EpochOrder:
         return 0
 
 
+# The prepared epoch (DeviceLoader.prepare_epoch): the largest copy of the training set it may hold (CIFAR-10 in
+# float32 is 614 MB; larger sets augment per batch), and the images it prepares in one go.
+EPOCH_SET_BYTES = 2**30
+EPOCH_CHUNK = 8192
+
+
 class DeviceLoader(EpochOrder):
     """Batches (x, y) of an in-memory dataset that lives on `device`.
 
@@ -259,13 +280,46 @@ class DeviceLoader(EpochOrder):
     def num_examples(self) -> int:
         return len(self.images)
 
+    @property
+    def prepares_epochs(self) -> bool:
+        """Whether this loader does its augmentation once per epoch (`prepare_epoch`): a training loader whose
+        augmentation is crops and flips only (automatic augmentation, cutout and mixing stay per batch), over a
+        set whose prepared copy fits in EPOCH_SET_BYTES."""
+        a = self.augment
+        return (self.train and self.is_image and a.auto_augment == "none" and not a.cutout and self.mixer is None
+                and self.images.numel() * self.dtype.itemsize <= EPOCH_SET_BYTES)
+
     def __iter__(self):
+        resumed = self._resume is not None
         first = self.next_order()
+        if self.prepares_epochs:
+            if resumed:  # redraw the interrupted epoch's set from where its draw began
+                self.aug_generator.set_state(self._epoch_aug_state)
+            self.prepare_epoch()
+            for b in range(first, len(self)):
+                start, stop = self.bounds(b)  # a step is two slices of the prepared set: no gather, no arithmetic
+                x, y = self._epoch_x[start:stop], self._epoch_y[start:stop]
+                yield (x, y) if self.world_size == 1 else (x[self.rank::self.world_size], y[self.rank::self.world_size])
+            return
         for b in range(first, len(self)):
             start, stop = self.bounds(b)
             idx = self.order[start:stop][self.rank::self.world_size]
             x, y = self.model_input(self.images[idx], idx), self.labels[idx]
             yield self.mixer(x, y) if self.mixer else (x, y)
+
+    def prepare_epoch(self) -> None:
+        """The whole epoch at once: the images in this epoch's order, cropped and flipped, normalised into the model's
+        dtype and memory format, with their labels; in chunks of EPOCH_CHUNK images so the temporaries stay small.
+        Crops are drawn from `aug_generator`, whose state before the draw a checkpoint keeps, so a run resumed
+        inside the epoch redraws the same set."""
+        self._epoch_aug_state = self.aug_generator.get_state()
+        n, (h, w, c) = len(self.order), self.images.shape[1:]
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = torch.empty((n, c, h, w), dtype=self.dtype, device=self.device, memory_format=memory_format)
+        for start in range(0, n, EPOCH_CHUNK):
+            idx = self.order[start:start + EPOCH_CHUNK]
+            x[start:start + len(idx)] = self.model_input(self.images[idx], idx)
+        self._epoch_x, self._epoch_y = x, self.labels[self.order]
 
     def model_input(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Augment (when training) and normalise one batch of the resident images (`idx`: their indices)."""
@@ -298,12 +352,15 @@ class DeviceLoader(EpochOrder):
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "aug_generator": self.aug_generator.get_state(),
+                "epoch_aug_state": getattr(self, "_epoch_aug_state", None),
                 "epochs_started": self.epochs_started, "mixer": self.mixer.state_dict() if self.mixer else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         if "aug_generator" in state:
             self.aug_generator.set_state(state["aug_generator"])
+        if state.get("epoch_aug_state") is not None:
+            self._epoch_aug_state = state["epoch_aug_state"]
         if self.mixer and state.get("mixer"):
             self.mixer.load_state_dict(state["mixer"])
         self.epochs_started = state.get("epochs_started", self.epochs_started)
