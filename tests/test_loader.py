@@ -154,3 +154,51 @@ def test_augmentation_that_needs_each_batch_stays_per_batch():
         assert sum(len(y) for _, y in loader) == 20
     assert DeviceLoader(x, np.arange(20), batch_size=8, train=True, augment=augment_preset("cifar10")).prepares_epochs
     assert not DeviceLoader(x, np.arange(20), batch_size=8).prepares_epochs  # evaluation: nothing to prepare
+
+
+def test_a_mid_epoch_state_from_a_per_batch_loader_resumes_with_fresh_draws():
+    """Checkpoints of a cnnlab that augmented per batch carry no epoch draw state: the epoch goes on, same order."""
+    x = images(n=40)
+    loader = DeviceLoader(x, np.arange(40), batch_size=16, train=True, augment=augment_preset("speedrun"), seed=2)
+    first = next(iter(loader))[1]
+    state = {k: v for k, v in loader.state_dict().items() if k != "epoch_aug_state"}
+    order = loader.order.clone()
+    resumed = DeviceLoader(x, np.arange(40), batch_size=16, train=True, augment=augment_preset("speedrun"), seed=2)
+    resumed.load_state_dict(state)
+    resumed.resume_from(order, 1)
+    rest = torch.cat([y for _, y in resumed])
+    assert sorted(torch.cat([first, rest]).tolist()) == list(range(40))
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_each_rank_prepares_only_its_share_of_every_batch(drop_last):
+    """Under DDP a rank trains on [rank::world_size] of each global batch: it prepares just that, as contiguous
+    slices, and the ranks' shares add up to the batches a single process would see (no skipped image prepared)."""
+    x, labels = images(n=45), np.arange(45)
+
+    def loader(rank, world_size):
+        return DeviceLoader(x, labels, batch_size=16, train=True, augment=augment_preset("speedrun"), seed=3,
+                            rank=rank, world_size=world_size, drop_last=drop_last)
+
+    whole = [y for _, y in loader(0, 1)]
+    ranks = [loader(rank, 3) for rank in range(3)]
+    shares = [list(r) for r in ranks]
+    assert [len(s) for s in shares] == [len(whole)] * 3
+    for b, batch in enumerate(whole):
+        assert [s[b][1].tolist() for s in shares] == [batch[rank::3].tolist() for rank in range(3)]
+        assert all(s[b][0].is_contiguous(memory_format=torch.channels_last) for s in shares)
+    mine = 6 + 6 + (0 if drop_last else 5)  # rank 0's share of batches of 16, 16 and (unless skipped) 13
+    assert sum(len(y) for _, y in shares[0]) == ranks[0]._epoch_bounds[-1] == mine
+    assert all(r._epoch_x is None for r in ranks)  # the prepared set is let go once the epoch has been trained
+
+
+def test_the_last_epochs_set_is_let_go_before_the_next_is_made(monkeypatch):
+    loader = DeviceLoader(images(n=40), np.arange(40), batch_size=16, train=True, augment=augment_preset("speedrun"))
+    seen = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: seen.append(loader._epoch_x) or real_empty(*a, **k))
+    batches = iter(loader)
+    next(batches)  # an epoch abandoned part-way (a stop request) keeps its set until the next is prepared
+    assert loader._epoch_x is not None
+    loader.prepare_epoch()
+    assert seen == [None, None]

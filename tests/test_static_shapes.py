@@ -71,6 +71,19 @@ def test_the_shard_size_is_this_processes_share_of_a_full_batch():
     assert shares == [3, 2]
 
 
+@pytest.mark.parametrize("pad_last", [False, True])
+def test_a_ranks_empty_share_of_the_last_batch_adds_nothing(pad_last):
+    """9 images in batches of 8 over 2 ranks: rank 1's share of the last batch is empty. Its sums stay finite
+    (they are added over ranks afterwards), and padding has nothing to copy."""
+    x, y = images(9, seed=2)
+    model = create_model("softmax", 10, in_features=8 * 8 * 3).eval()
+    loader = DeviceLoader(x, y, batch_size=8, rank=1, world_size=2)
+    loader.pad_last = pad_last
+    assert [len(b) for _, b in loader] == [4, 0]
+    result = evaluate(model, loader, "classification", 10)
+    assert result["n"] == 4 and np.isfinite(result["loss"])
+
+
 def test_a_static_run_trains_full_batches_says_what_it_skips_and_tests_every_image(tmp_path):
     folder, _ = write_image_folder(tmp_path / "tree", per_class=5, size=8)  # 50 train, 50 test
     config = TrainConfig(model="softmax", dataset="cifar10", data=str(folder), epochs=2, batch_size=16, lr=0.1,
@@ -91,16 +104,24 @@ def test_a_static_run_trains_full_batches_says_what_it_skips_and_tests_every_ima
     assert evaluate_run(run, "val")["n"] == 10
 
 
-def test_static_shapes_refuses_full_batch_and_a_split_smaller_than_one_batch(tmp_path):
+def test_static_shapes_refuses_full_batch(tmp_path):
     with pytest.raises(CnnlabError, match="static"):
         TrainConfig(model="softmax", batch_size="all", static_shapes=True).validate()
+
+
+def test_a_split_smaller_than_one_batch_trains_its_short_batch_and_says_static_shapes_are_off(tmp_path):
+    """A preset tried on a small --subset is not refused by a speed setting the user never gave (issue 24's rule)."""
     folder, _ = write_image_folder(tmp_path / "tree", per_class=2, size=8)
     config = TrainConfig(model="softmax", dataset="cifar10", data=str(folder), epochs=1, batch_size=64,
                          val_split=0.0, precision="fp32", device="cpu", static_shapes=True,
                          cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"))
-    with pytest.raises(CnnlabError, match="lower --batch-size or drop --static-shapes"):
-        fit(config)
-    assert not (tmp_path / "run").exists()  # bad input leaves nothing behind
+    data = build_data(config, torch.device("cpu"))
+    assert not data.train.drop_last and len(data.train) == 1 and data.train.skipped == 0
+    fit(config)
+    log = (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
+    assert f"static shapes off: the training split's {data.n_train} images do not fill one batch of 64" in log
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        assert float(next(csv.DictReader(f))["train_loss"]) > 0  # it trained on them
 
 
 def test_evaluation_pads_where_a_fixed_shape_pays(tmp_path):

@@ -394,7 +394,10 @@ def describe_method(config: TrainConfig, data: Data) -> str:
         line += f"; gradient norm clipped to {config.clip_grad_norm}"
     if config.ema_decay:
         line += f"; validated and tested with the weights' EMA (decay {config.ema_decay})"
-    if config.static_shapes:
+    if config.static_shapes and not data.train.drop_last:
+        line += (f"; static shapes off: the training split's {data.n_train} images do not fill one batch of "
+                 f"{data.train.batch_size}, so each epoch trains on them as one short batch")
+    elif config.static_shapes:
         skipped = data.train.skipped
         line += (f"; static shapes: every batch holds {data.train.batch_size} images, so each epoch skips the last "
                  f"{skipped} of its shuffled order (a different {skipped} each epoch)" if skipped else

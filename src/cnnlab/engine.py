@@ -188,6 +188,8 @@ def evaluate(model, loader: DeviceLoader, task: str, num_classes: int, autocast=
     criterion = loss_fn(task)
     logits = []
     for x, y in loader:
+        if not len(y):  # under DDP a rank's share of a short last batch can be empty: nothing to add
+            continue
         x = pad_batch(x, loader.shard_size) if loader.pad_last else x
         with autocast:
             out = tta_logits(model, x, tta).float()[:len(y)]

@@ -131,10 +131,9 @@ def build_data(config: TrainConfig, device: torch.device, dtype=torch.float32, d
     data = (_streamed_data if config.dataset in STREAMED else _resident_data)(config, device, dtype, d)
     data.train.full_batch, data.train.accumulate = config.full_batch, config.accumulate
     if config.static_shapes:
-        if len(data.train) == 0:
-            raise CnnlabError(f"--static-shapes trains on full batches only, and the training split's "
-                              f"{data.n_train} images do not fill one of {data.train.batch_size}; lower --batch-size "
-                              "or drop --static-shapes")
+        # A split smaller than one batch (a preset tried on --subset) cannot drop its rest: it trains its one
+        # short batch, and the method line says static shapes are off. Speed settings never refuse a run.
+        data.train.drop_last = len(data.train) > 0
         # Padding costs the padded images' compute (2 % of a CIFAR-10 test pass at batch 512, measured on 2 CPU
         # cores) and pays only where a fixed shape is worth it: CUDA (graphs, cuDNN plans) or a compiled model.
         for loader in (data.val, data.test):

@@ -293,13 +293,15 @@ class DeviceLoader(EpochOrder):
         resumed = self._resume is not None
         first = self.next_order()
         if self.prepares_epochs:
-            if resumed:  # redraw the interrupted epoch's set from where its draw began
+            # Redraw an interrupted epoch's set from where its draw began (a checkpoint of a cnnlab that augmented
+            # per batch has no such state: its epoch goes on with fresh draws, the same augmentation in kind).
+            if resumed and self._epoch_aug_state is not None:
                 self.aug_generator.set_state(self._epoch_aug_state)
             self.prepare_epoch()
             for b in range(first, len(self)):
-                start, stop = self.bounds(b)  # a step is two slices of the prepared set: no gather, no arithmetic
-                x, y = self._epoch_x[start:stop], self._epoch_y[start:stop]
-                yield (x, y) if self.world_size == 1 else (x[self.rank::self.world_size], y[self.rank::self.world_size])
+                start, stop = self._epoch_bounds[b:b + 2]  # a step is two slices of the prepared set: no gather
+                yield self._epoch_x[start:stop], self._epoch_y[start:stop]
+            self._epoch_x = self._epoch_y = None  # not held through evaluation
             return
         for b in range(first, len(self)):
             start, stop = self.bounds(b)
@@ -307,19 +309,29 @@ class DeviceLoader(EpochOrder):
             x, y = self.model_input(self.images[idx], idx), self.labels[idx]
             yield self.mixer(x, y) if self.mixer else (x, y)
 
+    _epoch_aug_state: torch.Tensor | None = None  # aug_generator's state when this epoch's set was drawn
+
     def prepare_epoch(self) -> None:
         """The whole epoch at once: the images in this epoch's order, cropped and flipped, normalised into the model's
         dtype and memory format, with their labels; in chunks of EPOCH_CHUNK images so the temporaries stay small.
+        Each process prepares only its own share of every batch, contiguous, so its steps are plain slices.
         Crops are drawn from `aug_generator`, whose state before the draw a checkpoint keeps, so a run resumed
         inside the epoch redraws the same set."""
         self._epoch_aug_state = self.aug_generator.get_state()
-        n, (h, w, c) = len(self.order), self.images.shape[1:]
+        self._epoch_x = self._epoch_y = None  # the last epoch's set goes before this one is allocated
+        # Only what this process trains on: its share [rank::world_size] of each batch, none of the skipped rest.
+        position = torch.arange(self.bounds(len(self) - 1)[1] if len(self) else 0)
+        batch = (position // self.batch_size).clamp_(max=max(len(self) - 1, 0))  # a merged rest joins the last
+        mine = (position - batch * self.batch_size) % self.world_size == self.rank
+        self._epoch_bounds = [0, *torch.bincount(batch[mine], minlength=len(self)).cumsum(0).tolist()]
+        order = self.order[position[mine].to(self.order.device)]
+        n, (h, w, c) = len(order), self.images.shape[1:]
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         x = torch.empty((n, c, h, w), dtype=self.dtype, device=self.device, memory_format=memory_format)
         for start in range(0, n, EPOCH_CHUNK):
-            idx = self.order[start:start + EPOCH_CHUNK]
+            idx = order[start:start + EPOCH_CHUNK]
             x[start:start + len(idx)] = self.model_input(self.images[idx], idx)
-        self._epoch_x, self._epoch_y = x, self.labels[self.order]
+        self._epoch_x, self._epoch_y = x, self.labels[order]
 
     def model_input(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Augment (when training) and normalise one batch of the resident images (`idx`: their indices)."""
@@ -352,7 +364,7 @@ class DeviceLoader(EpochOrder):
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "aug_generator": self.aug_generator.get_state(),
-                "epoch_aug_state": getattr(self, "_epoch_aug_state", None),
+                "epoch_aug_state": self._epoch_aug_state,
                 "epochs_started": self.epochs_started, "mixer": self.mixer.state_dict() if self.mixer else None}
 
     def load_state_dict(self, state: dict) -> None:
