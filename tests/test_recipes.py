@@ -1,6 +1,8 @@
 """Default recipes: every model has one, they fill only what the user left open, and the run says so."""
 
 import argparse
+import math
+from dataclasses import replace
 
 import pytest
 
@@ -9,7 +11,9 @@ from cnnlab.config import TrainConfig
 from cnnlab.engine import fit
 from cnnlab.models import list_models
 from cnnlab.optimizers import OPTIMIZERS
-from cnnlab.recipes import FIELDS, apply_recipe, recipe_key, recipe_of
+from cnnlab import recipes
+from cnnlab.models.registry import REGISTRY, Recipe
+from cnnlab.recipes import FIELDS, LONG_BUDGET, SHORT_BUDGET, apply_recipe, budget_lr, recipe_key, recipe_of
 from cnnlab.runs import RunFolder
 
 
@@ -88,3 +92,38 @@ def test_the_run_log_and_config_toml_say_what_the_recipe_chose(tmp_path, capsys)
     saved = RunFolder(out).config()
     assert (saved.lr, saved.weight_decay, saved.schedule, saved.label_smoothing) == \
         (recipe.lr * 0.5, recipe.weight_decay, recipe.schedule, recipe.label_smoothing)
+
+
+@pytest.mark.parametrize("images, lr", [(None, 0.02), (1_000, 0.02), (SHORT_BUDGET, 0.02),
+                                        (math.isqrt(SHORT_BUDGET * LONG_BUDGET), math.sqrt(0.02 * 0.08)),
+                                        (LONG_BUDGET, 0.08), (10 * LONG_BUDGET, 0.08)])
+def test_a_long_budget_recipe_moves_its_lr_geometrically_between_the_two_measured_budgets(images, lr):
+    recipe = Recipe("test", 0.02, 5e-4, "triangular", 0.0, lr_long=0.08)
+    assert budget_lr(recipe, images) == pytest.approx(lr, rel=1e-4)
+    assert budget_lr(replace(recipe, lr_long=None), images) == 0.02  # measured at one budget: one lr
+
+
+def test_the_budget_is_the_runs_epochs_times_its_training_split_and_the_batch_still_scales(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "resnet18", replace(REGISTRY["resnet18"], recipe=Recipe(
+        "resnet", 0.02, 5e-4, "triangular", 0.0, lr_long=0.08)))
+    long, _ = apply_recipe(TrainConfig(model="resnet18", epochs=4), train_images=LONG_BUDGET // 4)
+    short, _ = apply_recipe(TrainConfig(model="resnet18", epochs=2), train_images=SHORT_BUDGET // 2)
+    big_batch, _ = apply_recipe(TrainConfig(model="resnet18", epochs=4, batch_size=512), train_images=LONG_BUDGET // 4)
+    assert (long.lr, short.lr, big_batch.lr) == (0.08, 0.02, 0.32)
+
+
+def test_the_run_log_names_the_budget_its_lr_is_for(tmp_path, capsys, monkeypatch):
+    """A budget-dependent lr reaches a real run (its epochs × its training split), and the log says so."""
+    recipe = replace(recipe_of("linreg"), lr=0.01, lr_long=0.04)
+    monkeypatch.setitem(REGISTRY, "linreg", replace(REGISTRY["linreg"], recipe=recipe))
+    monkeypatch.setattr(recipes, "SHORT_BUDGET", 1_000)  # budgets around this small run's, so it lies between
+    monkeypatch.setattr(recipes, "LONG_BUDGET", 4_000)
+    out = tmp_path / "run"
+    fit(TrainConfig(model="linreg", dataset="synthetic-linear", epochs=2, batch_size=128, out=str(out)))
+    log = capsys.readouterr().out
+    n_train = int(log.split(": ", 1)[1].split(" train", 1)[0])
+    seen = 2 * n_train
+    assert f"(the lr for {seen:,} training images seen: 0.01 at batch 128 for 1,000 or fewer, " \
+           "0.04 for 4,000 or more, geometric between)" in log
+    lr = 0.01 * 4 ** (math.log(seen / 1_000) / math.log(4))
+    assert 0.01 < lr < 0.04 and RunFolder(out).config().lr == pytest.approx(lr, rel=2e-3)

@@ -154,7 +154,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
     wall_start = time.perf_counter()
     data = build_data(config, device, d=d)
     # What the user left open, from the model's recipe (a resumed run's config.toml is complete: nothing to fill).
-    config, recipe = apply_recipe(config, input_features=math.prod(data.image_shape))
+    config, recipe = apply_recipe(config, input_features=math.prod(data.image_shape), train_images=data.n_train)
     options = model_options(config, data.image_shape, len(data.classes) or 1, data.task)
     model = _model(options, device)
     if has_batch_norm(model):
@@ -199,7 +199,7 @@ def _introduce(setup: Setup, model, recipe: dict, tuning: list[str], notes=()) -
     for line in notes:
         setup.say(line)
     if recipe:
-        setup.say(describe_recipe(config.model, recipe))
+        setup.say(describe_recipe(config.model, recipe, config.epochs * data.n_train))
     setup.say(describe_method(config, data))
     for line in tuning:
         setup.say(line)

@@ -8,9 +8,11 @@ recipe fills only what neither a config file nor a flag set, so the seed's plain
 The lr is SGD's at batch 128 and scales linearly with the batch size (Goyal et al. 2017) up to batch 1024; larger
 batches, and full-batch gradient descent, get the batch-1024 value. The batch is an optimizer step's: --batch-size
 times --accumulate. Softmax regression's lr also falls with the input size (Recipe.lr_reference_inputs). AdamW takes
-its usual 1e-3 at any batch size (OptimizerSpec.default_lr).
+its usual 1e-3 at any batch size (OptimizerSpec.default_lr). Where a family was measured at two budgets and a longer
+run wanted a larger step (Recipe.lr_long), the lr also grows with the images a run trains on (`budget_lr`).
 """
 
+import math
 from dataclasses import asdict, replace
 
 from cnnlab.errors import CnnlabError
@@ -19,6 +21,9 @@ from cnnlab.models.registry import Recipe
 from cnnlab.optimizers import OPTIMIZERS
 
 REFERENCE_BATCH = 128
+# The two budgets the recipes' learning rates were measured at, in training images seen (epochs × training split):
+# the lr-grid preset's 2 epochs of 9,000 images, and the seed's 4 epochs of CIFAR-10's 45,000 (RESULTS.md).
+SHORT_BUDGET, LONG_BUDGET = 18_000, 180_000
 LARGEST_SCALED_BATCH = 1024
 FIELDS = ("lr", "weight_decay", "schedule", "label_smoothing")  # the TrainConfig settings a recipe may fill
 
@@ -43,10 +48,22 @@ def batch_scaled_lr(base: float, batch_size: int | str) -> float:
     return base * batch / REFERENCE_BATCH
 
 
-def apply_recipe(config, input_features: int | None = None) -> tuple:
+def budget_lr(recipe: Recipe, images_seen: int | None) -> float:
+    """The recipe's lr at batch 128 for a run that trains on `images_seen` images in all (None: the short budget's).
+
+    Longer runs take larger steps: between SHORT_BUDGET and LONG_BUDGET the lr goes geometrically from `lr` to
+    `lr_long` with the images seen; below and above it stays at the measured end."""
+    if recipe.lr_long is None or not images_seen:
+        return recipe.lr
+    position = math.log(images_seen / SHORT_BUDGET) / math.log(LONG_BUDGET / SHORT_BUDGET)
+    return recipe.lr * (recipe.lr_long / recipe.lr) ** min(max(position, 0.0), 1.0)
+
+
+def apply_recipe(config, input_features: int | None = None, train_images: int | None = None) -> tuple:
     """(a copy of the TrainConfig with the settings left at None filled from the model's recipe, {setting: value}
     filled); `config` itself is left as asked. `input_features`: the size of one input (C·H·W), for the recipes
-    whose lr depends on it."""
+    whose lr depends on it; `train_images`: the training split's size, for those whose lr grows with the budget
+    (epochs × train_images)."""
     open_settings = [name for name in FIELDS if getattr(config, name) is None]
     if not open_settings:
         return config, {}
@@ -57,7 +74,8 @@ def apply_recipe(config, input_features: int | None = None) -> tuple:
         values["lr"] = fixed_lr
     else:
         # The batch an optimizer step averages: --accumulate K is a K× batch, and gets its lr.
-        lr = batch_scaled_lr(recipe.lr, config.step_batch)
+        images_seen = config.epochs * train_images if train_images else None
+        lr = batch_scaled_lr(budget_lr(recipe, images_seen), config.step_batch)
         if recipe.lr_reference_inputs and input_features:
             lr *= recipe.lr_reference_inputs / input_features
         values["lr"] = float(f"{lr:.3g}")
@@ -65,9 +83,14 @@ def apply_recipe(config, input_features: int | None = None) -> tuple:
     return replace(config, **filled), filled
 
 
-def describe(model: str, filled: dict) -> str:
-    """The run log's line: which settings came from the recipe."""
+def describe(model: str, filled: dict, images_seen: int | None = None) -> str:
+    """The run log's line: which settings came from the recipe (and, for a budget-dependent lr, the budget)."""
     if not filled:
         return ""
     values = ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in filled.items())
-    return f"default recipe for {recipe_key(model)} (every setting you did not give): {values}"
+    line = f"default recipe for {recipe_key(model)} (every setting you did not give): {values}"
+    recipe = recipe_of(model)
+    if "lr" in filled and recipe.lr_long is not None and images_seen:
+        line += (f" (the lr for {images_seen:,} training images seen: {recipe.lr} at batch 128 for "
+                 f"{SHORT_BUDGET:,} or fewer, {recipe.lr_long} for {LONG_BUDGET:,} or more, geometric between)")
+    return line
