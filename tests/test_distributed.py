@@ -94,6 +94,23 @@ def test_resume_with_a_different_number_of_processes(tmp_path):
     assert_same_losses(tmp_path / "straight", tmp_path / "split", epochs=2, keys=("train_loss", "val_loss"))
 
 
+def test_a_two_process_job_resumed_trains_as_one_that_ran_straight_through(tmp_path):
+    # Each rank draws its own crops and flips (its own generator): a checkpoint must carry every rank's draw, not
+    # rank 0's for all (rank 1 then cropped epoch 2 as rank 0 would have).
+    folder, _ = write_image_folder(tmp_path / "digits", classes=[str(d) for d in range(10)], per_class=8, size=28)
+    common = ["--model", "mlp", "--hidden", "32", "--dataset", "mnist", "--data", folder, "--augment", "images",
+              "--batch-size", "20", "--lr", "0.1", "--schedule", "constant", "--momentum", "0.9", "--val-split", "0.2",
+              "--device", "cpu", "--cache-dir", tmp_path / "cache"]
+    straight = torchrun(2, *common, "--epochs", "3", "--out", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    first = torchrun(2, *common, "--epochs", "1", "--out", tmp_path / "split")
+    assert first.returncode == 0, first.stderr
+    resumed = torchrun(2, "--resume", tmp_path / "split", "--epochs", "3")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert_same_losses(tmp_path / "straight", tmp_path / "split", epochs=3)
+
+
 def test_a_killed_rank_ends_the_whole_job(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "cnnlab", "train", "--model", "linreg", "--dataset", "synthetic-linear", "--batch-size", "1",

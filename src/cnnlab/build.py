@@ -19,7 +19,7 @@ from cnnlab.averaging import EMA, Lookahead
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import TrainConfig, not_allowed
 from cnnlab.data import DATASETS
-from cnnlab.distributed import Dist, broadcast
+from cnnlab.distributed import Dist, broadcast, gather
 from cnnlab.finetune import freeze_backbone, load_initial_weights
 from cnnlab.early_stopping import EarlyStopping
 from cnnlab.errors import CnnlabError
@@ -123,7 +123,10 @@ class Setup:
                 "mean": data.mean, "std": data.std}
 
     def save(self, state: TrainState, name: str) -> None:
-        self.run.save_checkpoint({**state.state_dict(), **self.describe()}, name)
+        checkpoint = {**state.state_dict(), **self.describe()}
+        if self.d.enabled:  # each process draws its own crops, flips and dropout: keep every one's random state
+            checkpoint["rng_by_rank"] = gather(checkpoint["rng"], self.d)
+        self.run.save_checkpoint(checkpoint, name)
 
 
 def _plain(d: dict) -> dict:
@@ -215,6 +218,9 @@ def _introduce(setup: Setup, model, recipe: dict, tuning: list[str], notes=()) -
 def _restore(setup: Setup, state: TrainState, checkpoint: dict, rewrite_config: bool) -> None:
     """Continue a run from its checkpoint: the state, metrics.csv cut back to it, config.toml with new --epochs."""
     run = setup.run
+    by_rank = checkpoint.get("rng_by_rank") or []
+    if len(by_rank) == setup.d.world_size:  # the same processes as saved it: each takes its own random state back
+        checkpoint = {**checkpoint, "rng": by_rank[setup.d.rank]}
     state.load_state_dict(checkpoint)
     run.truncate_metrics(state.epoch)
     if rewrite_config:

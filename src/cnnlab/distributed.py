@@ -72,6 +72,15 @@ def broadcast(value, d: Dist):
     return box[0]
 
 
+def gather(value, d: Dist) -> list:
+    """Every process's value of a small Python object, in rank order, on every process."""
+    if not d.enabled:
+        return [value]
+    values = [None] * d.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
 def gradient_sync(model, sync: bool):
     """A context for one backward pass: DDP averages the gradients over processes in every backward, but an
     optimizer step that adds up several batches (--accumulate, full-batch GD) needs it only in its last; inside
