@@ -4,7 +4,8 @@ metrics.csv rows."""
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure  # not pyplot: no global backend switch, so a notebook keeps its own
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator  # not pyplot: no global backend switch, so a notebook keeps its own
 
 
 CURVE_LABELS = {"loss": "loss", "acc": "accuracy", "top5": "top-5 accuracy",
@@ -38,6 +39,7 @@ def save_curves(rows: list[dict], path: Path, title: str = "", small: bool = Fal
             if x:
                 ax.plot(x, y, style, marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
         ax.set_ylabel(CURVE_LABELS[metric])
         ax.grid(alpha=0.3)
         ax.legend()
