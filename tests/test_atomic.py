@@ -8,8 +8,8 @@ import pytest
 from cnnlab.atomic import atomic_folder, atomic_write
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.report.runs import load_run
-from cnnlab.runs import METRIC_COLUMNS, RunFolder
+from cnnlab.report.records import load_run
+from cnnlab.runfolder import METRIC_COLUMNS, RunFolder
 
 
 class Interrupted(Exception):

@@ -609,7 +609,7 @@ def test_a_full_disk_before_the_first_checkpoint_says_nothing_was_written(capsys
 
 @pytest.mark.parametrize("method", ["append_metrics", "log"])
 def test_a_full_disk_while_writing_metrics_or_log_is_one_line(capsys, tmp_path, monkeypatch, method):
-    from cnnlab.runs import RunFolder
+    from cnnlab.runfolder import RunFolder
 
     run = tmp_path / "run"
     real_open = open

@@ -1,7 +1,7 @@
 """cnnlab where this Linux machine is not: without fcntl (Windows) and without fork (Windows; macOS by default).
 
 Each case runs a fresh interpreter whose prelude takes the POSIX-only piece away before cnnlab is imported, then
-imports, decodes and trains there. The old code failed each one: `import fcntl` at the top of runs.py, and a decode
+imports, decodes and trains there. The old code failed each one: `import fcntl` at the top of runs.py (now runfolder.py), and a decode
 pool that always forked.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from cnnlab import filelock
 from cnnlab.data import folder, images, load_dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.runs import RunFolder
+from cnnlab.runfolder import RunFolder
 from data_fixtures import png_bytes, rng_images, write_image_folder
 
 # No fcntl (`import fcntl` raises ImportError), and msvcrt.locking played by POSIX record locks (os.lockf): like
@@ -47,7 +47,7 @@ HOLDER = AS_ON_WINDOWS + """
 import importlib, json, pkgutil
 import cnnlab
 from cnnlab.cli import main
-from cnnlab.runs import RunFolder
+from cnnlab.runfolder import RunFolder
 
 modules = [m.name for m in pkgutil.walk_packages(cnnlab.__path__, "cnnlab.") if m.name != "cnnlab.__main__"]
 for name in modules:
@@ -114,7 +114,7 @@ def test_without_fcntl_cnnlab_imports_trains_and_the_lock_keeps_a_second_process
     try:
         modules = json.loads(holder.stdout.readline() or "null")
         assert modules, holder.communicate(timeout=60)
-        assert {"cnnlab.cli", "cnnlab.runs", "cnnlab.engine", "cnnlab.filelock", "cnnlab.data.images"} <= {*modules}
+        assert {"cnnlab.cli", "cnnlab.runfolder", "cnnlab.engine", "cnnlab.filelock", "cnnlab.data.images"} <= {*modules}
         assert "holding\n" in iter(holder.stdout.readline, ""), holder.communicate(timeout=60)
         second = python(RESUME, run)
         assert second.returncode == 2 and "in use by another cnnlab process" in second.stderr, second.stderr

@@ -14,7 +14,7 @@ from cnnlab.optimizers import OPTIMIZERS
 from cnnlab import recipes
 from cnnlab.models.registry import REGISTRY, Recipe
 from cnnlab.recipes import FIELDS, LONG_BUDGET, SHORT_BUDGET, apply_recipe, budget_lr, recipe_key, recipe_of
-from cnnlab.runs import RunFolder
+from cnnlab.runfolder import RunFolder
 
 
 def args(*argv):

@@ -23,7 +23,7 @@ from cnnlab.report.compare import best_run, factors, group_runs, grouped_table, 
 from cnnlab.report.page import write_report
 from cnnlab.report.plots import factor_figures, plot_runs
 from cnnlab.report.curves import save_curves
-from cnnlab.report.runs import Run, load_run
+from cnnlab.report.records import Run, load_run
 from data_fixtures import write_image_folder
 
 CONFIGS = {"a": {"hidden": [16], "lr": 0.05}, "b": {"hidden": [32], "lr": 0.1}}
@@ -297,7 +297,7 @@ def test_the_report_draws_the_grad_norm_where_runs_have_it_and_old_runs_still_pl
 
 
 def test_the_most_confused_pairs_by_hand():
-    from cnnlab.report.runs import confused_pairs
+    from cnnlab.report.records import confused_pairs
 
     confusion = [[8, 2, 0],   # cat: 2 taken for dog
                  [5, 4, 1],   # dog: 5 taken for cat, 1 for fox
@@ -321,7 +321,7 @@ def test_many_groups_show_only_the_best_run_in_detail_with_a_note(sweep, tmp_pat
 
 
 def test_choosing_a_groups_best_run_keeps_the_names_given_among_all_runs():
-    from cnnlab.report.runs import load_runs
+    from cnnlab.report.records import load_runs
 
     runs = load_runs([fake_run("sweepA/seed0", 0, 0.1, [8], 0.6), fake_run("sweepB/seed0", 0, 0.2, [8], 0.7),
                       fake_run("sweepB/seed1", 1, 0.2, [8], 0.8)])

@@ -13,7 +13,7 @@ from cnnlab.config import TrainConfig
 from cnnlab.engine import fit
 from cnnlab.optim import lr_multiplier
 from cnnlab.report.compare import GROUP_IGNORED, differing_fields
-from cnnlab.runs import RunFolder
+from cnnlab.runfolder import RunFolder
 from data_fixtures import write_image_folder
 
 pytest.importorskip("tensorboard", reason="reading event files needs the tensorboard package: "
@@ -79,7 +79,7 @@ def next_second():
 
 
 def test_every_metrics_csv_column_has_a_tag():
-    from cnnlab.runs import METRIC_COLUMNS, TOP5_COLUMNS
+    from cnnlab.runfolder import METRIC_COLUMNS, TOP5_COLUMNS
     from cnnlab.tensorboard import TAGS as LOGGED
 
     assert set(LOGGED) == set(TAGS) == set(METRIC_COLUMNS + TOP5_COLUMNS) - {"step"}  # a new column gets a tag

@@ -19,8 +19,8 @@ from cnnlab.cli import main  # noqa: E402
 from cnnlab.engine import fit  # noqa: E402
 from cnnlab.hardware import usable_cores  # noqa: E402
 from cnnlab.monitor import Monitor  # noqa: E402
-from cnnlab.report.runs import load_run  # noqa: E402
-from cnnlab.runs import RunFolder  # noqa: E402
+from cnnlab.report.records import load_run  # noqa: E402
+from cnnlab.runfolder import RunFolder  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FINISHED = ("COMPLETE", "PRUNED")
@@ -240,9 +240,9 @@ def test_dry_run_prints_the_space_and_the_budget_and_creates_nothing(tmp_path, c
 
 
 def test_tune_help_prints_without_importing_optuna():
-    # (torch is imported by every --help today: the report parser's package imports cnnlab.runs; not tune's doing)
+    # (test_cli checks that --help imports neither torch nor matplotlib; this one checks the optional extra)
     code = ("import sys\nfrom cnnlab.cli import main\ntry:\n    main(['tune', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('optuna', 'cnnlab.tune') if m in sys.modules))")
+            "print(sorted(m for m in ('optuna', 'cnnlab.tune', 'torch') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "usage: cnnlab tune" in done.stdout and done.stdout.strip().endswith("[]"), done.stdout + done.stderr

@@ -31,7 +31,7 @@ from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.optimizers import OPTIMIZERS
 from cnnlab.recipes import apply_recipe, describe as describe_recipe
 from cnnlab.run_data import Data, wants_channels_last, build_data, resolve_data
-from cnnlab.runs import RunFolder, default_run_path
+from cnnlab.runfolder import RunFolder, default_run_path
 from cnnlab.state import RESUME_KEYS, TrainState
 from cnnlab.tensorboard import FOLDER as TENSORBOARD_FOLDER, TensorBoardLog, charts, summary_writer
 
@@ -88,7 +88,7 @@ class Setup:
     train_model: torch.nn.Module  # the model as stepped: wrapped by DDP and torch.compile when asked
     criterion: object
     autocast: object
-    d: Dist = field(default_factory=Dist)
+    dist: Dist = field(default_factory=Dist)  # the processes of a torchrun job (one: Dist())
     wall_start: float = field(default_factory=time.perf_counter)
     precision: Precision = field(default_factory=lambda: Precision("fp32", "default"))
     threads: int | None = None
@@ -124,8 +124,8 @@ class Setup:
 
     def save(self, state: TrainState, name: str) -> None:
         checkpoint = {**state.state_dict(), **self.describe()}
-        if self.d.enabled:  # each process draws its own crops, flips and dropout: keep every one's random state
-            checkpoint["rng_by_rank"] = gather(checkpoint["rng"], self.d)
+        if self.dist.enabled:  # each process draws its own crops, flips and dropout: keep every one's random state
+            checkpoint["rng_by_rank"] = gather(checkpoint["rng"], self.dist)
         self.run.save_checkpoint(checkpoint, name)
 
 
@@ -180,7 +180,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
                   train_model=_train_model(model, config, device, d),
                   criterion=loss_fn(data.task, config.label_smoothing),
                   autocast=precision.autocast(device), precision=precision, threads=threads,
-                  d=d, wall_start=wall_start, init_seconds=init_seconds,
+                  dist=d, wall_start=wall_start, init_seconds=init_seconds,
                   nonfinite_step=torch.full((), -1, device=device, dtype=torch.int64))
     state = _state(model, setup)
     if checkpoint is None:
@@ -195,7 +195,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
 def _introduce(setup: Setup, model, recipe: dict, tuning: list[str], notes=()) -> None:
     """A new run's first lines: what trains on what, how its settings were put together (`notes`), the recipe's
     choices, the method, the processes, the machine."""
-    config, data, d = setup.config, setup.data, setup.d
+    config, data, d = setup.config, setup.data, setup.dist
     setup.say(f"training {setup.options['name']} ({count_params(model):,} parameters) on {config.dataset}: "
               f"{data.n_train} train / {data.val.num_examples if data.val else 0} val / "
               f"{data.test.num_examples} test, {setup.device} → {setup.run.path}")
@@ -219,8 +219,8 @@ def _restore(setup: Setup, state: TrainState, checkpoint: dict, rewrite_config: 
     """Continue a run from its checkpoint: the state, metrics.csv cut back to it, config.toml with new --epochs."""
     run = setup.run
     by_rank = checkpoint.get("rng_by_rank") or []
-    if len(by_rank) == setup.d.world_size:  # the same processes as saved it: each takes its own random state back
-        checkpoint = {**checkpoint, "rng": by_rank[setup.d.rank]}
+    if len(by_rank) == setup.dist.world_size:  # the same processes as saved it: each takes its own random state back
+        checkpoint = {**checkpoint, "rng": by_rank[setup.dist.rank]}
     state.load_state_dict(checkpoint)
     run.truncate_metrics(state.epoch)
     if rewrite_config:

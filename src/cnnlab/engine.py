@@ -31,8 +31,8 @@ from cnnlab.interrupt import StopRequest
 from cnnlab.metrics import Sums, has_top5, loss_fn
 from cnnlab.models import count_params
 from cnnlab.progress import Progress
-from cnnlab.runs import METRIC_COLUMNS, TOP5_COLUMNS, RunFolder, environment
-from cnnlab.state import TrainState
+from cnnlab.runfolder import METRIC_COLUMNS, TOP5_COLUMNS, RunFolder, environment
+from cnnlab.state import Position, TrainState
 from cnnlab.tta import tta_logits
 
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError: ≥ 2.5
@@ -62,7 +62,7 @@ def train_step(setup: Setup, state: TrainState, x, y, global_n: int, first: bool
     if first:
         state.optimizer.zero_grad(set_to_none=True)
     with distributed.gradient_sync(setup.train_model, last):
-        loss, out = forward_backward(setup, state, x, y, len(y) * setup.d.world_size / global_n)
+        loss, out = forward_backward(setup, state, x, y, len(y) * setup.dist.world_size / global_n)
     return loss, out, optimizer_step(state) if last else None
 
 
@@ -116,7 +116,7 @@ def train_one_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: i
     up `loader.batches_per_step` batches (one; K with --accumulate K; all for full-batch gradient descent), and a
     stop is honoured only after a step, so a resumed run never holds half a step's gradients.
     """
-    data, loader, d, board = setup.data, state.loader, setup.d, setup.tensorboard
+    data, loader, d, board = setup.data, state.loader, setup.dist, setup.tensorboard
     sums, first = Sums(setup.device, data.task, setup.num_classes, d), 0
     if state.position is not None:
         loader.resume_from(state.position["order"], state.position["batch"])
@@ -234,7 +234,7 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int, on
 
     A stop request (Ctrl-C, SIGTERM) saves where the run is and leaves with exit status 130.
     """
-    config, data, d = setup.config, setup.data, setup.d
+    config, data, d = setup.config, setup.data, setup.dist
     epoch_start, lr = time.perf_counter(), state.optimizer.param_groups[0]["lr"]
     if state.position is not None:  # resumed inside the epoch: its row reports the lr it started with
         lr = state.position.get("lr", lr)
@@ -246,8 +246,8 @@ def run_epoch(setup: Setup, state: TrainState, stop: StopRequest, epoch: int, on
         setup.say(reason, err=True)
         return reason
     if done < len(state.loader):  # interrupted inside the epoch: save the position and leave
-        state.position = {"epoch": epoch, "batch": done, "order": state.loader.order.cpu(), "sums": sums.state(),
-                          "lr": lr}
+        state.position = Position(epoch=epoch, batch=done, order=state.loader.order.cpu(), sums=sums.state(),
+                                  lr=lr)
         setup.save(state, runfiles.LAST)
         _exit_stopped(setup, stop, f"in epoch {epoch} after step {done}")
     if state.lookahead is not None:
@@ -310,7 +310,7 @@ def record_epoch(setup: Setup, state: TrainState, epoch: int, sums: Sums, epoch_
     train = sums.result()  # waits for the GPU: the epoch's time is real
     train_seconds = time.perf_counter() - epoch_start
     skipped = state.end_epoch()
-    val = evaluate(state.eval_model, data.val, data.task, setup.num_classes, setup.autocast, d=setup.d,
+    val = evaluate(state.eval_model, data.val, data.task, setup.num_classes, setup.autocast, d=setup.dist,
                    tta=setup.tta) if data.val else {}
     row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train.get("acc"),
            "train_top5": train.get("top5"), "val_loss": val.get("loss"), "val_acc": val.get("acc"),
@@ -346,7 +346,7 @@ def finish(setup: Setup, state: TrainState, stop_reason: str) -> dict:
                "channels_last": setup.model_channels_last}
     rows = run.metrics()
     summary.update(_timings(rows, setup.init_seconds))
-    barrier(setup.d)  # rank 0 has written best.pt
+    barrier(setup.dist)  # rank 0 has written best.pt
     if run.file(runfiles.BEST).is_file():
         summary.update(_test(setup, state))
     summary.update(environment(setup.device))
@@ -381,7 +381,7 @@ def _test(setup: Setup, state: TrainState) -> dict:
     model, data = state.model, setup.data
     model.load_state_dict(load_checkpoint(setup.run.file(runfiles.BEST), setup.device)["model"])
     begin = time.perf_counter()
-    test = evaluate(model, data.test, data.task, setup.num_classes, setup.autocast, d=setup.d, tta=setup.tta)
+    test = evaluate(model, data.test, data.task, setup.num_classes, setup.autocast, d=setup.dist, tta=setup.tta)
     result = {"test_loss": test["loss"], "test_top1": test.get("acc"), "test_top5": test.get("top5"),
               "test_seconds": round(time.perf_counter() - begin, 4), "tta": setup.config.tta}
     if setup.options["name"] == "linreg" and "true_w" in data.notes:

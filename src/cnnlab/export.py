@@ -20,7 +20,7 @@ from cnnlab.atomic import atomic_write
 from cnnlab.data import STREAMED
 from cnnlab.errors import CnnlabError, check_choice
 from cnnlab.evaluate import checkpoint_path, load_model
-from cnnlab.runs import GIT_REVISION
+from cnnlab.runfolder import GIT_REVISION
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts.pt"}  # format → default file name in the run folder
 ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the `export` extra

@@ -1,4 +1,4 @@
-"""The names of the files in a run folder, one place for the code that writes them (runs.py, engine.py,
+"""The names of the files in a run folder, one place for the code that writes them (runfolder.py, engine.py,
 evaluate.py) and the code that reads them back (report/). Adding a file a report shows is a name here.
 
 Torch-free and importing nothing: the bottom of the package, beside config.py.

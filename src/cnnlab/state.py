@@ -8,6 +8,8 @@ without knowing how they were made: with --ema-decay these are the averaged weig
 optimizer steps travel as "raw_model" beside the average's state ("ema"), for resuming.
 """
 
+from typing import TypedDict
+
 import torch
 
 from cnnlab.averaging import EMA, Lookahead
@@ -18,10 +20,20 @@ from cnnlab.monitor import Monitor
 RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "position")
 
 
+class Position(TypedDict):
+    """Where a run stopped inside an epoch (a plain dict in the checkpoint: weights_only loading reads it)."""
+
+    epoch: int  # the epoch it stopped in
+    batch: int  # the steps of it done
+    order: torch.Tensor  # the epoch's shuffled order, on the CPU
+    sums: dict  # the epoch's running sums (metrics.Sums.state())
+    lr: float  # the lr the epoch started with: its metrics.csv row reports that one
+
+
 class TrainState:
     """Model, optimizer, schedule, early stopping, Lookahead, the weights' EMA, the random streams (torch, CUDA,
     the training loader's), the completed epochs, the best epoch so far, and — when a run stopped inside an epoch —
-    its position there (`{"epoch", "batch", "order", "sums", "lr"}`: lr is the one the epoch started with).
+    its `Position` there.
     `clip_grad_norm` (0: off) is the global gradient norm each optimizer step clips to. State only: the step
     that moves it is `engine.optimizer_step`."""
 
@@ -36,7 +48,7 @@ class TrainState:
         self._skipped = None  # this epoch's count, on the device until the epoch ends
         self.epoch = 0  # completed epochs
         self.best = {"metric": monitor.metric, "value": None, "epoch": None}
-        self.position: dict | None = None
+        self.position: Position | None = None
 
     def record(self, epoch: int, value: float | None) -> bool:
         """Note an epoch's monitored value; True when it is the best so far. Without a validation split

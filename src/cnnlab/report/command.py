@@ -5,7 +5,7 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 from cnnlab.report.curves import save_curves
 from cnnlab.report.page import write_report
-from cnnlab.report.runs import load_runs
+from cnnlab.report.records import load_runs
 
 
 def report_main(run_dirs, out_dir) -> Path:

@@ -1,6 +1,6 @@
 """Compare runs: a results table, and groups of seeds with mean ± std of every metric (figures: plots.py).
 
-Every number comes from the runs' metrics.csv and summary.json (see `cnnlab.report.runs`).
+Every number comes from the runs' metrics.csv and summary.json (see `cnnlab.report.records`).
 """
 
 import math
@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from cnnlab.monitor import Monitor
-from cnnlab.report.runs import Run, load_runs
+from cnnlab.report.records import Run, load_runs
 
 # Where data and outputs live says nothing about what was trained: the same experiment on another machine. Nor does
 # a second view of the numbers (--tensorboard): a run with it repeats one without.

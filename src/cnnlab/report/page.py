@@ -17,7 +17,7 @@ from cnnlab.report.compare import (GROUP_IGNORED, IDENTITY, IGNORED, Stat, best_
                                    format_value, group_runs, grouped_table, primary_metric, results_table,
                                    run_metrics)
 from cnnlab.report.plots import factor_figures, plot_runs
-from cnnlab.report.runs import CONFUSION_PNG, EVAL_JSON, confused_pairs, load_runs
+from cnnlab.report.records import CONFUSION_PNG, EVAL_JSON, confused_pairs, load_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEADERS = {"best_val_acc": "best val acc", "best_val_loss": "best val loss", "test_top1": "test top-1",

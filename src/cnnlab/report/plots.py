@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 from cnnlab.errors import CnnlabError
 from cnnlab.report.compare import Group, config_key, factors, format_value, group_runs, primary_metric, sort_key
 from cnnlab.report.curves import CURVE_LABELS, panel_columns
-from cnnlab.report.runs import load_runs
+from cnnlab.report.records import load_runs
 
 
 class NotebookFigure(Figure):

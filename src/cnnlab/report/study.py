@@ -11,7 +11,7 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 from cnnlab.monitor import Monitor
 from cnnlab.report.page import png, render_html, render_markdown
-from cnnlab.runs import RunFolder
+from cnnlab.runfolder import RunFolder
 
 MIN_TRIALS_FOR_IMPORTANCE = 3  # below this fANOVA splits the credit evenly, which reads like a finding
 STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",

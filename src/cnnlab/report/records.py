@@ -12,7 +12,7 @@ from pathlib import Path
 from cnnlab import runfiles
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.runs import metrics_row_problem, read_config_values, read_metrics
+from cnnlab.runfolder import metrics_row_problem, read_config_values, read_metrics
 
 REQUIRED = (runfiles.CONFIG, runfiles.METRICS, runfiles.SUMMARY)
 # What `cnnlab eval` writes for the test split; the per-class file is optional (see `_per_class`).
