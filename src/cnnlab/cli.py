@@ -41,7 +41,8 @@ def _run_models(args) -> None:
         writer.writerows(rows)
         return
     header = ["name", "alias", "family", "params", "MACs", "description"]
-    cells = [[r["name"], r["alias"], r["family"], f"{r['params']:,}", _si(r["macs"]) if r["macs"] is not None else "too small", r["description"]] for r in rows]
+    cells = [[r["name"], r["alias"], r["family"], f"{r['params']:,}",
+              _si(r["macs"]) if r["macs"] is not None else "too small", r["description"]] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     right = {3, 4}
     print(f"{args.num_classes} classes, {args.in_channels}×{args.image_size}×{args.image_size} input, "
@@ -134,7 +135,8 @@ def _run_eval(args) -> None:
     result = evaluate_run(args.target, args.split, args.data, args.device, save_predictions=args.save_predictions)
     print(f"{result['split']} ({result['n']} images): loss {result['loss']:.4f}"
           + (f"  top-1 {result['acc']:.4f}" if "acc" in result else "")
-          + (f"  top-5 {result['top5']:.4f}" if "top5" in result else "") + f"  ({result['precision']}, {result['precision_reason']})")
+          + (f"  top-5 {result['top5']:.4f}" if "top5" in result else "")
+          + f"  ({result['precision']}, {result['precision_reason']})")
     for name, acc in result.get("per_class", {}).items():
         print(f"  {name:<24} {acc:.4f}")
     if "confusion_png" in result:

@@ -19,8 +19,8 @@ from cnnlab.errors import CnnlabError, one_of
 from cnnlab.optimizers import OPTIMIZERS
 
 
-END_OF_CONFIG = "# end of cnnlab config"
-_STREAMED = ", ".join(s.name for s in DATASETS.values() if s.streamed)  # for help strings: "imagenet"  # lets a reader tell a complete config.toml from a truncated one
+END_OF_CONFIG = "# end of cnnlab config"  # lets a reader tell a complete config.toml from a truncated one
+_STREAMED = ", ".join(s.name for s in DATASETS.values() if s.streamed)  # for help strings: "imagenet"
 
 
 def _setting(default, help, choices=None):
@@ -43,12 +43,12 @@ class TrainConfig:
     dataset: str | None = _setting(None, one_of(DATASETS) + " (default: detected from --data)")
     data: str | None = _setting(None, "the dataset's folder or archive (default: --dataset's files found in the data "
                                 "home, see --data-root)")
-    data_root: str | None = _setting(None, "the data home: the folder where --dataset NAME is looked for when --data is "
-                                     "not given (default: $CNNLAB_DATA, else ~/.cache/cnnlab/datasets; "
-                                     "`cnnlab data list` shows what it holds)")
+    data_root: str | None = _setting(None, "the data home: the folder where --dataset NAME is looked for when --data "
+                                     "is not given (default: $CNNLAB_DATA, else ~/.cache/cnnlab/datasets; `cnnlab data "
+                                     "list` shows what it holds)")
     download: bool = _setting(False, "where --data does not exist (or is not given) and the data home holds no copy, "
-                               "fetch the dataset's official files into the data home first, MD5-checked (needs "
-                               "--dataset); the run's first line says which copy it used")
+                              "fetch the dataset's official files into the data home first, MD5-checked (needs "
+                              "--dataset); the run's first line says which copy it used")
     labels: str = _setting("fine", "CIFAR-100 label set", ("fine", "coarse"))
     val_split: float = _setting(0.1, "fraction of the training set held out for validation (stratified)")
     subset: int | None = _setting(None, "train on N training images, drawn by a fixed shuffle (archives are sorted by "
@@ -57,34 +57,34 @@ class TrainConfig:
                                        "(summary.json records test_size)")
     augment: str | None = _setting(None, "augmentation preset (default: the dataset's; `none` switches it off)")
     cutout: int = _setting(0, "cutout square size in pixels (0 = off)")
-    auto_augment: str = _setting("none", "automatic augmentation on the device after the preset's crop and flip, its own "
-                                   "op and magnitude per image: trivialaugment (TrivialAugment Wide) or randaugment",
-                           ("none", "trivialaugment", "randaugment"))
+    auto_augment: str = _setting("none", "automatic augmentation on the device after the preset's crop and flip, its "
+                                 "own op and magnitude per image: trivialaugment (TrivialAugment Wide) or randaugment",
+                                 ("none", "trivialaugment", "randaugment"))
     randaugment_n: int = _setting(2, "randaugment: ops applied to each image, one after another")
     randaugment_m: int = _setting(9, "randaugment: magnitude of every op, a bin from 0 (none) to 30 (strongest)")
-    mixup: float = _setting(0.0, "mixup α: each training image is blended with its neighbour in the batch by λ ~ Beta(α, α) "
-                           "and so is its target (0 = off; 0.2 is common)")
+    mixup: float = _setting(0.0, "mixup α: each training image is blended with its neighbour in the batch by λ ~ "
+                            "Beta(α, α) and so is its target (0 = off; 0.2 is common)")
     cutmix: float = _setting(0.0, "CutMix α: each training image gets a box of its neighbour's pixels, λ ~ Beta(α, α) "
-                            "corrected to the box's area (0 = off; 1.0 is common). With --mixup as well, each mixed "
-                            "batch uses one of the two, chosen with probability ½ (as timm does)")
+                             "corrected to the box's area (0 = off; 1.0 is common). With --mixup as well, each mixed "
+                             "batch uses one of the two, chosen with probability ½ (as timm does)")
     mix_prob: float = _setting(1.0, "share of training batches that --mixup/--cutmix mix")
     cache_dir: str | None = _setting(None, "prepared-dataset cache (default: ~/.cache/cnnlab)")
     image_size: int = _setting(224, f"streamed datasets ({_STREAMED}): training crop and evaluation centre-crop size")
     resize_size: int = _setting(256, "streamed datasets: the shorter side is resized to this before the centre crop")
     workers: int = _setting(4, "streamed datasets: DataLoader worker processes")
     decode: str = _setting("cpu", "streamed datasets: where training JPEGs are decoded: cpu (in the workers) or gpu "
-                            "(the workers send the bytes; the device decodes and crops them in batches with "
-                            "torchvision's decode_jpeg; needs CUDA and torchvision, else the CPU path runs and the "
-                            "log says why)", ("cpu", "gpu"))
+                           "(the workers send the bytes; the device decodes and crops them in batches with "
+                           "torchvision's decode_jpeg; needs CUDA and torchvision, else the CPU path runs and the log "
+                           "says why)", ("cpu", "gpu"))
     # optimisation
     epochs: int = _setting(10, "passes over the training split; changing the epochs a --config file sets rescales its "
-                         "warm-up, milestones and Lookahead start (unless given too), and the log says so")
+                           "warm-up, milestones and Lookahead start (unless given too), and the log says so")
     batch_size: int | str = _setting(128, "examples per step: 1 is SGD, `all` full-batch gradient descent (the exact "
-                                    "mean gradient, accumulated over chunks of 1024; batch norm then normalises "
-                                    "each chunk with its own statistics). Momentum applies unless --momentum 0")
-    accumulate: int = _setting(1, "gradient accumulation: K batches of --batch-size per optimizer step, exactly one step on "
-                            "a K× batch for models without batch norm (batch norm normalises each batch by its own "
-                            "statistics); the schedule counts optimizer steps")
+                                     "mean gradient, accumulated over chunks of 1024; batch norm then normalises each "
+                                     "chunk with its own statistics). Momentum applies unless --momentum 0")
+    accumulate: int = _setting(1, "gradient accumulation: K batches of --batch-size per optimizer step, exactly one "
+                               "step on a K× batch for models without batch norm (batch norm normalises each batch by "
+                               "its own statistics); the schedule counts optimizer steps")
     optimizer: str = _setting("sgd", one_of(s.help for s in OPTIMIZERS.values()), tuple(OPTIMIZERS))
     lr: float | None = _setting(None, "learning rate α (default: the model family's recipe, scaled to the batch size)")
     momentum: float = _setting(0.9, "momentum β (sgd); 0 for plain SGD")
@@ -92,66 +92,68 @@ class TrainConfig:
     weight_decay: float | None = _setting(None, "λ of the L2 penalty λ/2‖w‖² (sgd) or decoupled decay (adamw); "
                                           "default: the recipe's, 0 for linear models")
     decay_all: bool = _setting(False, "also decay biases and batch-norm parameters")
-    norm_lr_scale: float = _setting(1.0, "lr multiplier for batch-norm parameters; their decay is divided by it, so the "
-                                   "decay per step stays (speedrun: 64)")
+    norm_lr_scale: float = _setting(1.0, "lr multiplier for batch-norm parameters; their decay is divided by it, so "
+                                    "the decay per step stays (speedrun: 64)")
     schedule: str | None = _setting(None, "learning-rate schedule (default: the recipe's); triangular rises linearly "
                                     "during the warm-up, then falls linearly to 0 (not PyTorch's cosine OneCycleLR; "
-                                    "`onecycle` is read as triangular)", (None, "constant", "step", "cosine",
+                                    "`onecycle` is read as triangular)",
+                                    (None, "constant", "step", "cosine",
                                                                          "triangular"))
     milestones: list[int] = _setting([], "step schedule: epochs at which lr is multiplied by gamma")
     gamma: float = _setting(0.1, "step schedule factor")
     warmup_epochs: float = _setting(0.0, "linear warm-up length in epochs (triangular: the rising part; default 30 %)")
     label_smoothing: float | None = _setting(None, "label smoothing ε for the cross-entropy (default: the recipe's)")
     lookahead_epoch: int = _setting(0, "from this epoch on, every 5 steps pull the weights to their moving average "
-                                 "(Lookahead; the average's decay rises to 0.95⁵ by the end); 0 = off")
-    clip_grad_norm: float = _setting(0.0, "clip the gradients' global L2 norm to this before each optimizer step (after "
-                                    "fp16 loss unscaling); metrics.csv's grad_norm logs the epoch's mean norm before "
-                                    "clipping; 0 = off")
-    ema_decay: float = _setting(0.0, "keep an exponential moving average of the weights and batch-norm statistics with this "
-                               "decay (warmed up as min(D, (1+t)/(10+t)) over the first steps t), and validate, test "
-                               "and save for eval/predict the averaged weights; 0 = off")
-    init_from: str | None = _setting(None, "start from these weights: a run folder (its best.pt), a cnnlab checkpoint or a "
-                                     "state dict such as torchvision's .pth; a classifier whose class count differs "
-                                     "is replaced by a fresh one")
-    freeze_backbone: bool = _setting(False, "train only the classifier (the last linear layer); the backbone's batch-norm "
-                                      "layers keep their running statistics")
-    head_lr_mult: float = _setting(1.0, "the classifier's learning rate is the lr times this (e.g. 10 when fine-tuning)")
+                                    "(Lookahead; the average's decay rises to 0.95⁵ by the end); 0 = off")
+    clip_grad_norm: float = _setting(0.0, "clip the gradients' global L2 norm to this before each optimizer step "
+                                     "(after fp16 loss unscaling); metrics.csv's grad_norm logs the epoch's mean norm "
+                                     "before clipping; 0 = off")
+    ema_decay: float = _setting(0.0, "keep an exponential moving average of the weights and batch-norm statistics with "
+                                "this decay (warmed up as min(D, (1+t)/(10+t)) over the first steps t), and validate, "
+                                "test and save for eval/predict the averaged weights; 0 = off")
+    init_from: str | None = _setting(None, "start from these weights: a run folder (its best.pt), a cnnlab checkpoint "
+                                     "or a state dict such as torchvision's .pth; a classifier whose class count "
+                                     "differs is replaced by a fresh one")
+    freeze_backbone: bool = _setting(False, "train only the classifier (the last linear layer); the backbone's "
+                                     "batch-norm layers keep their running statistics")
+    head_lr_mult: float = _setting(1.0, "the classifier's learning rate is the lr times this (e.g. 10 when "
+                                        "fine-tuning)")
     tta: str = _setting("none", "test-time augmentation for val/test: average logits over flips (and 1-pixel shifts)",
-                  ("none", "flip", "flip-translate"))
+                        ("none", "flip", "flip-translate"))
     early_stop_metric: str | None = _setting(None, "stop early on val_loss or val_acc (default: off)",
-                                       (None, "val_loss", "val_acc"))
-    early_stop_delta: float = _setting(0.0, "ε: an epoch improves only if it beats the reference (see --early-stop-rule) "
-                                      "by more than this")
+                                             (None, "val_loss", "val_acc"))
+    early_stop_delta: float = _setting(0.0, "ε: an epoch improves only if it beats the reference (see "
+                                       "--early-stop-rule) by more than this")
     early_stop_patience: int = _setting(3, "epochs in a row without improvement before stopping")
     early_stop_rule: str = _setting("best", "improvement over the best value so far, or over the previous epoch (the "
-                                      "seed's rule)", ("best", "previous"))
+                                    "seed's rule)", ("best", "previous"))
     # engine
-    precision: str = _setting("auto", "auto (bf16 autocast where the CPU or GPU computes bf16 natively, fp16 autocast with "
-                                "loss scaling on GPUs without bf16, else fp32), fp32, bf16 or fp16",
-                        ("auto", "fp32", "bf16", "fp16"))
+    precision: str = _setting("auto", "auto (bf16 autocast where the CPU or GPU computes bf16 natively, fp16 autocast "
+                              "with loss scaling on GPUs without bf16, else fp32), fp32, bf16 or fp16",
+                              ("auto", "fp32", "bf16", "fp16"))
     compile: bool = _setting(False, "torch.compile the model")
     static_shapes: bool = _setting(False, "every batch the model sees has one shape: training skips each epoch's last "
-                                    "partial batch (a different one each epoch; the log says how many images) and, "
-                                    "on CUDA or with --compile, evaluation pads its last batch, leaving the padding "
-                                    "out of every metric; a compiled model then never recompiles (speedrun: on)")
+                                   "partial batch (a different one each epoch; the log says how many images) and, on "
+                                   "CUDA or with --compile, evaluation pads its last batch, leaving the padding out of "
+                                   "every metric; a compiled model then never recompiles (speedrun: on)")
     threads: int | None = _setting(None, "CPU threads for PyTorch's kernels (default: every core this process may use)")
     deterministic: bool = _setting(False, "deterministic kernels (torch.use_deterministic_algorithms, no cuDNN "
-                                    "autotuning): two runs with one seed give identical numbers, a little slower")
+                                   "autotuning): two runs with one seed give identical numbers, a little slower")
     autotune: bool = _setting(False, "let cuDNN time its convolution algorithms for each new shape (cudnn.benchmark): "
-                               "seconds at the start of a run, and no faster on an H100 with bf16 channels_last "
-                               "(BENCHMARKS.md); worth trying on long runs on other GPUs")
+                              "seconds at the start of a run, and no faster on an H100 with bf16 channels_last "
+                              "(BENCHMARKS.md); worth trying on long runs on other GPUs")
     sync_bn: bool = _setting(False, "under torchrun: batch-norm statistics over the global batch (SyncBatchNorm)")
     device: str = _setting("auto", "auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda or mps",
-                     ("auto", "cpu", "cuda", "mps"))
+                           ("auto", "cpu", "cuda", "mps"))
     seed: int = _setting(0, "seed for initialisation, split, shuffling and augmentation")
     out: str | None = _setting(None, "run folder (default: runs/<model>-<dataset>-<time>)")
     checkpoint_every: int = _setting(1, "write last.pt every N epochs")
-    tensorboard: bool = _setting(False, "also write TensorBoard event files to RUN/tensorboard/ — every metrics.csv number "
-                                  "per epoch, plus the training loss (under torchrun: rank 0's share of the batch) "
-                                  "and lr every --tensorboard-every steps; view "
-                                  "with `tensorboard --logdir runs`; needs `pip install 'cnnlab[tensorboard]'`")
-    tensorboard_every: int = _setting(50, "--tensorboard: optimizer steps between the per-step scalars (training loss and "
-                                    "lr); 0 = per epoch only")
+    tensorboard: bool = _setting(False, "also write TensorBoard event files to RUN/tensorboard/ — every metrics.csv "
+                                 "number per epoch, plus the training loss (under torchrun: rank 0's share of the "
+                                 "batch) and lr every --tensorboard-every steps; view with `tensorboard --logdir "
+                                 "runs`; needs `pip install 'cnnlab[tensorboard]'`")
+    tensorboard_every: int = _setting(50, "--tensorboard: optimizer steps between the per-step scalars (training loss "
+                                      "and lr); 0 = per epoch only")
 
     @property
     def full_batch(self) -> bool:
