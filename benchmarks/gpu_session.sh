@@ -5,6 +5,10 @@
 #   bash benchmarks/gpu_session.sh B        # only throughput/MFU (eager and compiled) and the data/loader benchmark
 #   bash benchmarks/gpu_session.sh inspect  # issue 17 on the GPU: the GPU tests, what --tensorboard costs, a
 #                                           # speedrun run evaluated (gallery) and explained, its pictures in $OUT
+#   bash benchmarks/gpu_session.sh race     # issue 26, item 6: airbench94 and the speedrun preset in this call
+#                                           # (eager, then CUDA graphs via --compile-mode reduce-overhead with
+#                                           # TORCH_LOGS=recompiles), 5 runs each after a warm-up; needs
+#                                           # $DATA/anchors (a copy of ../shared/anchors) beside the CIFAR archive
 # No step starts past $DEADLINE seconds (default 450) and each is cut at its own limit or the deadline, so the call
 # ends inside a device command's timeout with what it measured; a step that fails or runs out is reported and the
 # next one still runs. Each step logs to $OUT/NAME.log as it goes (a killed call still returns them), $OUT/steps.txt
@@ -91,13 +95,27 @@ inspect() {
     cp "$run"/{filters.png,mistakes_test.png,confusion_test.png,reliability_test.png,eval_test.json} "$OUT"/ 2>/dev/null
 }
 
+race() {
+    local data ab=/tmp/airbench
+    data=$(cd "$DATA" && pwd)  # airbench94 reads cifar10/ in its working folder: absolute paths from there
+    mkdir -p "$ab"
+    step airbench_prep 90 bash -c "cd $ab && $PY $data/anchors/prep_cifar.py $data/cifar10-jpeg.tar.gz"
+    step airbench 150 bash -c "cd $ab && RUNS=6 $PY $data/anchors/airbench94.py"  # run 0: the warm-up
+    step speedrun 120 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE" \
+        --no-reference
+    step speedrun_graphs 240 env TORCH_LOGS=recompiles $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK \
+        --data "$CIFAR" --cache-dir "$CACHE" --no-reference --compile --compile-mode reduce-overhead
+    step step_ops 120 $PY benchmarks/step_ops.py $QUICK  # counted on the CPU: the same on any machine
+}
+
 case $STAGE in
 all) tests; speed; throughput; seed_report; data ;;
 A) tests; speed ;;
 B) throughput; data ;;
 inspect) inspect ;;
+race) race ;;
 *)
-    echo "usage: benchmarks/gpu_session.sh [all|A|B|inspect]" >&2
+    echo "usage: benchmarks/gpu_session.sh [all|A|B|inspect|race]" >&2
     exit 2
     ;;
 esac

@@ -75,6 +75,8 @@ def main():
     cli.add_argument("--quick", action="store_true", help="CPU-sized: narrow speednet, 4,000 images, 2 seeds")
     cli.add_argument("--seeds", type=int, help="timed seeds (default 5, 2 with --quick)")
     cli.add_argument("--compile", action="store_true", help="torch.compile the model (compiled in the warm-up)")
+    cli.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                     help="torch.compile's mode (reduce-overhead: CUDA graphs), with --compile")
     cli.add_argument("--no-warmup", action="store_true", help="time the first run too")
     cli.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
                      help="also time the typical ResNet-18 pipeline (default: on a GPU)")
@@ -84,14 +86,16 @@ def main():
 
     device = pick_device(args.device)
     config = TrainConfig.from_toml(PRESET)
-    config = replace(config, data=args.data, cache_dir=args.cache_dir, device=device.type, compile=args.compile)
+    config = replace(config, data=args.data, cache_dir=args.cache_dir, device=device.type, compile=args.compile,
+                     compile_mode=args.compile_mode)
     if args.quick:
         config = replace(config, **QUICK_OVERRIDES)
     config.validate()
     seeds = args.seeds or (2 if args.quick else 5)
     print(describe_device(device))
     print(f"preset: {PRESET.stem}" + (f" with {QUICK_OVERRIDES}" if args.quick else "")
-          + f"; precision {config.precision}, compile {config.compile}")
+          + f"; precision {config.precision}, compile {config.compile}"
+          + (f" (mode {config.compile_mode})" if config.compile else ""))
     load_dataset("cifar10", args.data, cache_dir=args.cache_dir)  # prepare the cache before any clock
 
     results = []

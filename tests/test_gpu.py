@@ -65,7 +65,8 @@ SPEEDRUN = {"hidden": [16, 32, 32], "augment": "speedrun", "lookahead_epoch": 2,
 
 @pytest.mark.parametrize("model,extra,compile,precision", [
     ("speednet", SPEEDRUN, False, "bf16"), ("speednet", SPEEDRUN, True, "bf16"), ("resnet18", {}, False, "bf16"),
-    ("vgg11_bn", {}, False, "bf16"), ("resnet18", {}, False, "fp16")])  # fp16: autocast + GradScaler, as on a T4
+    ("vgg11_bn", {}, False, "bf16"), ("resnet18", {}, False, "fp16"),  # fp16: autocast + GradScaler, as on a T4
+    ("speednet", {**SPEEDRUN, "static_shapes": True, "compile_mode": "reduce-overhead"}, True, "bf16")])  # CUDA graphs
 def test_bf16_channels_last_runs_on_cuda(tmp_path, model, extra, compile, precision):
     folder, _ = write_image_folder(tmp_path / "tree", per_class=20)
     config = TrainConfig(model=model, dataset="cifar10", data=str(folder), cache_dir=str(tmp_path / "cache"),

@@ -134,3 +134,26 @@ def test_evaluation_pads_where_a_fixed_shape_pays(tmp_path):
         assert data.val.pad_last == data.test.pad_last == compiled
     plain = build_data(replace(base, static_shapes=False, compile=True), torch.device("cpu"))
     assert not plain.train.drop_last and not plain.test.pad_last and len(plain.train) == 3
+
+
+@pytest.mark.parametrize("mode,static,expected", [("default", False, (None, None)),
+                                                  ("max-autotune", True, ("max-autotune", False)),
+                                                  ("reduce-overhead", True, ("reduce-overhead", False))])
+def test_compile_mode_and_fixed_shapes_reach_torch_compile(monkeypatch, mode, static, expected):
+    import cnnlab.build as build
+
+    seen = {}
+    monkeypatch.setattr(build.torch, "compile", lambda model, **kw: seen.update(kw) or model)
+    config = TrainConfig(model="mlp", dataset="mnist", compile=True, compile_mode=mode, static_shapes=static)
+    model = torch.nn.Linear(2, 2)
+    assert build._train_model(model, config, torch.device("cpu"), build.Dist()) is model
+    assert (seen["mode"], seen["dynamic"]) == expected
+    seen.clear()
+    assert build._train_model(model, replace(config, compile=False, compile_mode="default"), torch.device("cpu"),
+                              build.Dist()) is model and not seen  # no --compile: nothing compiled
+
+
+def test_a_compile_mode_without_compile_is_one_line():
+    with pytest.raises(CnnlabError, match="compile_mode|compile-mode") as error:
+        TrainConfig(model="mlp", dataset="mnist", compile_mode="max-autotune").validate()
+    assert "\n" not in str(error.value) and "--compile" in str(error.value)

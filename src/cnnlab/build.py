@@ -324,7 +324,11 @@ def _train_model(model, config: TrainConfig, device: torch.device, d: Dist):
     if d.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(model) if config.compile else model
+    if not config.compile:
+        return model
+    # Static shapes: one graph per batch shape, no symbolic sizes (which CUDA graphs and autotuning would retrace).
+    return torch.compile(model, mode=None if config.compile_mode == "default" else config.compile_mode,
+                         dynamic=False if config.static_shapes else None)
 
 
 def _state(model, setup: Setup) -> TrainState:
@@ -366,8 +370,11 @@ def describe_machine(setup: Setup) -> str:
     line = f"precision {setup.precision.name} ({setup.precision.reason}); {setup.threads} CPU threads"
     if setup.model_channels_last:
         line += "; channels_last"
-    return (line + ("; deterministic kernels" if setup.config.deterministic else "")
-            + ("; cuDNN autotuning" if setup.config.autotune and setup.device.type == "cuda" else ""))
+    config = setup.config
+    if config.compile:
+        line += f"; torch.compile (mode {config.compile_mode}" + (", fixed shapes)" if config.static_shapes else ")")
+    return (line + ("; deterministic kernels" if config.deterministic else "")
+            + ("; cuDNN autotuning" if config.autotune and setup.device.type == "cuda" else ""))
 
 
 def describe_processes(config: TrainConfig, d: Dist) -> str:

@@ -132,6 +132,11 @@ class TrainConfig:
                               "with loss scaling on GPUs without bf16, else fp32), fp32, bf16 or fp16",
                               ("auto", "fp32", "bf16", "fp16"))
     compile: bool = _setting(False, "torch.compile the model")
+    compile_mode: str = _setting("default", "torch.compile's mode, with --compile: default, reduce-overhead (CUDA "
+                                 "graphs: each step's kernels replayed in one launch; CUDA only) or max-autotune "
+                                 "(also times Triton kernels for the convolutions and matmuls: minutes to compile). "
+                                 "With --static-shapes the model is compiled for fixed shapes (dynamic=False)",
+                                 ("default", "reduce-overhead", "max-autotune"))
     static_shapes: bool = _setting(False, "every batch the model sees has one shape: training skips each epoch's last "
                                    "partial batch (a different one each epoch; the log says how many images) and, on "
                                    "CUDA or with --compile, evaluation pads its last batch, leaving the padding out of "
@@ -190,6 +195,7 @@ class TrainConfig:
                  "use a finite number ≥ 0")
         need(self.lr is None or 0 < self.lr <= 1e6, "lr", "use a number in (0, 1e6]")
         need(isinstance(self.accumulate, int) and self.accumulate >= 1, "accumulate", "use a positive integer")
+        need(self.compile or self.compile_mode == "default", "compile_mode", "give --compile too")
         need(not (self.static_shapes and self.full_batch), "static_shapes",
              "--batch-size all adds up every example's gradient, so no batch can be skipped; drop --static-shapes")
         need(self.accumulate == 1 or not self.full_batch, "accumulate",
