@@ -140,6 +140,30 @@ def test_pruning_fires_on_a_hopeless_part_of_the_space(tmp_path, pruner):
         assert summary["epochs_run"] < 3 and summary.get("test_loss") is not None  # still a finished run
 
 
+@pytest.mark.parametrize("pruner", ["median", "successive_halving"])
+def test_no_trial_is_pruned_before_prune_from_epoch(pruner):
+    # Trials report their epochs 1, 2, 3 as Optuna's steps: "from epoch 2" must spare every trial's epoch 1.
+    import dataclasses
+
+    import optuna
+
+    fields = {f.name: None for f in dataclasses.fields(tuning.Tune)}
+    tune = tuning.Tune(**{**fields, "pruner": pruner, "prune_from_epoch": 2, "pruner_startup_trials": 1,
+                          "notes": []})
+    study = optuna.create_study(direction="maximize", pruner=tuning.make_pruner(tune))
+    for value in (0.9, 0.8, 0.85):  # finished trials, far better than the next one at every epoch
+        trial = study.ask()
+        for epoch in (1, 2, 3):
+            trial.report(value, epoch)
+            trial.should_prune()  # successive halving records its rungs here; the answer is not used
+        study.tell(trial, value)
+    hopeless = study.ask()
+    hopeless.report(0.1, 1)
+    assert not hopeless.should_prune()  # epoch 1: too early, whatever it scored
+    hopeless.report(0.1, 2)
+    assert hopeless.should_prune()  # epoch 2: the first the study may judge
+
+
 def test_an_interrupted_and_a_killed_study_continue_to_n_trials_without_duplicate_folders(tmp_path):
     plan = tuning.plan(write_space(tmp_path, n=4))
     with pytest.raises(SystemExit) as stopped:  # Ctrl-C inside trial 1's second epoch

@@ -362,8 +362,9 @@ def make_sampler(tune: Tune, number: int):
 def make_pruner(tune: Tune):
     optuna = _optuna()
     if tune.pruner == "median":
+        # Trials report epoch e as step e, and the earliest step Optuna prunes at is n_warmup_steps.
         return optuna.pruners.MedianPruner(n_startup_trials=tune.pruner_startup_trials,
-                                           n_warmup_steps=tune.prune_from_epoch - 1)
+                                           n_warmup_steps=tune.prune_from_epoch)
     if tune.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=tune.prune_from_epoch)
     return optuna.pruners.NopPruner()
