@@ -23,7 +23,8 @@ from cnnlab.distributed import Dist, broadcast, gather
 from cnnlab.finetune import freeze_backbone, load_initial_weights
 from cnnlab.early_stopping import EarlyStopping
 from cnnlab.errors import CnnlabError
-from cnnlab.hardware import Precision, resolve_device, resolve_precision, set_deterministic, set_threads
+from cnnlab.hardware import (Precision, resolve_device, resolve_precision, reuse_freed_memory, set_deterministic,
+                             set_threads)
 from cnnlab.metrics import loss_fn
 from cnnlab.models import count_params, create_model, model_info
 from cnnlab.monitor import Monitor, default_monitor
@@ -92,6 +93,7 @@ class Setup:
     wall_start: float = field(default_factory=time.perf_counter)
     precision: Precision = field(default_factory=lambda: Precision("fp32", "default"))
     threads: int | None = None
+    memory: str | None = None  # what hardware.reuse_freed_memory did, for the log
     init_seconds: float | None = None  # time of the model's init_from_data, when it has one
     nonfinite_step: torch.Tensor | None = None  # first step whose loss was NaN/inf (-1: none), kept on the device
     tensorboard: TensorBoardLog | None = None  # with --tensorboard, in the process that writes the run folder
@@ -153,6 +155,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
                           "use --device cpu or leave it out")
     precision = resolve_precision(config.precision, device, model_info(config.model).channels_last)
     threads = set_threads(config.threads)
+    memory = reuse_freed_memory() if device.type == "cpu" else None
     torch.manual_seed(config.seed)
     wall_start = time.perf_counter()
     data = build_data(config, device, d=d)
@@ -179,7 +182,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
     setup = Setup(config=config, asked=asked, data=data, device=device, run=run, options=options,
                   train_model=_train_model(model, config, device, d),
                   criterion=loss_fn(data.task, config.label_smoothing),
-                  autocast=precision.autocast(device), precision=precision, threads=threads,
+                  autocast=precision.autocast(device), precision=precision, threads=threads, memory=memory,
                   dist=d, wall_start=wall_start, init_seconds=init_seconds,
                   nonfinite_step=torch.full((), -1, device=device, dtype=torch.int64))
     state = _state(model, setup)
@@ -202,7 +205,7 @@ def _introduce(setup: Setup, model, recipe: dict, tuning: list[str], notes=()) -
     for line in notes:
         setup.say(line)
     if recipe:
-        setup.say(describe_recipe(config.model, recipe, config.epochs * data.n_train))
+        setup.say(describe_recipe(config.model, recipe, config.epochs * data.n_train, config.optimizer))
     setup.say(describe_method(config, data))
     for line in tuning:
         setup.say(line)
@@ -370,6 +373,8 @@ def describe_machine(setup: Setup) -> str:
     line = f"precision {setup.precision.name} ({setup.precision.reason}); {setup.threads} CPU threads"
     if setup.model_channels_last:
         line += "; channels_last"
+    if setup.memory:
+        line += f"; {setup.memory}"
     config = setup.config
     if config.compile:
         line += f"; torch.compile (mode {config.compile_mode}" + (", fixed shapes)" if config.static_shapes else ")")
