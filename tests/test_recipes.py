@@ -127,3 +127,10 @@ def test_the_run_log_names_the_budget_its_lr_is_for(tmp_path, capsys, monkeypatc
            "0.04 for 4,000 or more, geometric between)" in log
     lr = 0.01 * 4 ** (math.log(seen / 1_000) / math.log(4))
     assert 0.01 < lr < 0.04 and RunFolder(out).config().lr == pytest.approx(lr, rel=2e-3)
+
+
+def test_the_budget_is_not_named_for_an_optimizer_with_its_own_lr():
+    filled = {"lr": 0.001, "weight_decay": 5e-4}
+    assert "images seen" in recipes.describe("vgg11", filled, 72_000)
+    line = recipes.describe("vgg11", filled, 72_000, optimizer="adamw")  # AdamW's 1e-3, not the budget rule's
+    assert "lr 0.001" in line and "images seen" not in line

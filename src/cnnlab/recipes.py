@@ -83,14 +83,16 @@ def apply_recipe(config, input_features: int | None = None, train_images: int | 
     return replace(config, **filled), filled
 
 
-def describe(model: str, filled: dict, images_seen: int | None = None) -> str:
-    """The run log's line: which settings came from the recipe (and, for a budget-dependent lr, the budget)."""
+def describe(model: str, filled: dict, images_seen: int | None = None, optimizer: str = "sgd") -> str:
+    """The run log's line: which settings came from the recipe (and, for a budget-dependent lr, the budget: not
+    for an optimizer whose lr is its own, such as AdamW's)."""
     if not filled:
         return ""
     values = ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in filled.items())
     line = f"default recipe for {recipe_key(model)} (every setting you did not give): {values}"
     recipe = recipe_of(model)
-    if "lr" in filled and recipe.lr_long is not None and images_seen:
+    budget_rule = OPTIMIZERS[optimizer].default_lr is None
+    if "lr" in filled and recipe.lr_long is not None and images_seen and budget_rule:
         line += (f" (the lr for {images_seen:,} training images seen: {recipe.lr} at batch 128 for "
                  f"{SHORT_BUDGET:,} or fewer, {recipe.lr_long} for {LONG_BUDGET:,} or more, geometric between)")
     return line
