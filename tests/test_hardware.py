@@ -132,16 +132,18 @@ def test_threads_deterministic_and_channels_last_are_applied_and_reported(tmp_pa
     assert "1 CPU threads; channels_last; " in log and "; deterministic kernels" in log and "precision " in log
 
 
-FAULTS_OF_A_SECOND_ALLOCATION = """
-import os, resource, sys, torch
+FAULTS_OF_REPEATED_ALLOCATIONS = """
+import os, resource, torch
 from cnnlab.hardware import reuse_freed_memory
 done = reuse_freed_memory()
 pages = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
-x = torch.ones(16 << 20)  # 64 MB, freed and asked for again: what a training step does with its activations
-del x
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-x = torch.ones(16 << 20)
-print(done, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / pages)
+faults = []
+for _ in range(16):  # what a training step does with its activations: the same sizes, allocated and freed again
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(16 << 20) + 1  # two 64 MB tensors
+    del x
+    faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / pages)
+print(done, sum(faults[-6:]))
 """
 
 
@@ -151,14 +153,14 @@ def test_a_cpu_run_reuses_freed_memory_and_the_users_own_allocator_settings_win(
     def run(**env):
         clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_",
                                                                    "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")}
-        out = subprocess.run([sys.executable, "-c", FAULTS_OF_A_SECOND_ALLOCATION], env=clean | env, check=True,
+        out = subprocess.run([sys.executable, "-c", FAULTS_OF_REPEATED_ALLOCATIONS], env=clean | env, check=True,
                              capture_output=True, text=True).stdout.split()
         return out[0] != "None", float(out[-1])
 
     done, faults = run()
-    # Kept: the second 64 MB comes from the freed block, already mapped; glibc's default would map it afresh
-    # (a fault per page, or per huge page where the kernel gives them).
-    assert done and faults < 0.01
+    # Kept: after a few rounds the blocks come back already mapped (measured in 36 processes: no round after the
+    # seventh faulted); glibc's default maps them afresh every round (a fault per page: 2 per round here).
+    assert done and faults < 0.5
     assert run(CNNLAB_REUSE_MEMORY="0")[0] is False
     assert run(MALLOC_TRIM_THRESHOLD_="131072")[0] is False  # the user's glibc setting stands
 
