@@ -67,10 +67,12 @@ bench: setup
 		"tensorboard_cost.py are skipped (point DATA= at the datasets folder)"; fi
 	$(PY) benchmarks/throughput.py $(BENCH_ARGS)
 	$(PY) benchmarks/step_ops.py $(filter --quick,$(BENCH_ARGS))
+	$(PY) benchmarks/step_profile.py $(BENCH_ARGS)
 	$(PY) benchmarks/stream.py $(BENCH_ARGS) --source $(DATA)/tiny-imagenet-200-train100.tar.gz
 	@# cpu.py measures the CPU whatever the device, so it takes only the size; bench_models.py has one size and
 	@# takes only the device (without it, a GPU machine's CPU run would time the GPU).
 	$(PY) benchmarks/cpu.py $(filter --quick,$(BENCH_ARGS))
+	$(PY) benchmarks/cpu_memory.py $(filter --quick,$(BENCH_ARGS))
 	$(PY) benchmarks/bench_models.py $(filter-out --quick,$(BENCH_ARGS))
 	$(PY) benchmarks/kill_resume.py --kills 10
 	$(PY) benchmarks/cli_startup.py $(filter --quick,$(BENCH_ARGS))

@@ -8,7 +8,12 @@
 #   bash benchmarks/gpu_session.sh race     # issue 26, item 6: airbench94 and the speedrun preset in this call
 #                                           # (eager, then CUDA graphs via --compile-mode reduce-overhead with
 #                                           # TORCH_LOGS=recompiles), 5 runs each after a warm-up; needs
-#                                           # $DATA/anchors (a copy of ../shared/anchors) beside the CIFAR archive
+#                                           # $DATA/anchors (a copy of ../shared/anchors) beside the CIFAR archive;
+#                                           # then step time against batch size and a 20-step profile
+#   bash benchmarks/gpu_session.sh feed     # issue 27: the streamed ImageNet loader, CPU path vs GPU decode
+#   bash benchmarks/gpu_session.sh open     # what issues 25-27 still need, most wanted first: the GPU tests, the
+#                                           # race, the step profile, the streamed loader, CUDA graphs, the seed
+#                                           # report (one call: DEADLINE=480 under a 560 s timeout)
 # No step starts past $DEADLINE seconds (default 450) and each is cut at its own limit or the deadline, so the call
 # ends inside a device command's timeout with what it measured; a step that fails or runs out is reported and the
 # next one still runs. Each step logs to $OUT/NAME.log as it goes (a killed call still returns them), $OUT/steps.txt
@@ -103,9 +108,31 @@ race() {
     step airbench 150 bash -c "cd $ab && RUNS=6 $PY $data/anchors/airbench94.py"  # run 0: the warm-up
     step speedrun 120 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE" \
         --no-reference
+    step step_profile 120 $PY benchmarks/step_profile.py --device "$DEVICE" $QUICK
+    graphs
+    step step_ops 120 $PY benchmarks/step_ops.py $QUICK  # counted on the CPU: the same on any machine
+}
+graphs() {
     step speedrun_graphs 240 env TORCH_LOGS=recompiles $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK \
         --data "$CIFAR" --cache-dir "$CACHE" --no-reference --compile --compile-mode reduce-overhead
-    step step_ops 120 $PY benchmarks/step_ops.py $QUICK  # counted on the CPU: the same on any machine
+}
+feed() {  # the synthetic folder is written from the Tiny ImageNet archive's images
+    step stream 150 $PY benchmarks/stream.py --device "$DEVICE" $QUICK \
+        --source "$DATA/tiny-imagenet-200-train100.tar.gz"
+}
+open_issues() {
+    tests
+    local data ab=/tmp/airbench
+    data=$(cd "$DATA" && pwd)
+    mkdir -p "$ab"
+    step airbench_prep 90 bash -c "cd $ab && $PY $data/anchors/prep_cifar.py $data/cifar10-jpeg.tar.gz"
+    step airbench 120 bash -c "cd $ab && RUNS=6 $PY $data/anchors/airbench94.py"
+    step speedrun 100 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" --cache-dir "$CACHE" \
+        --no-reference
+    step step_profile 90 $PY benchmarks/step_profile.py --device "$DEVICE" $QUICK
+    feed
+    graphs
+    seed_report
 }
 
 case $STAGE in
@@ -114,8 +141,10 @@ A) tests; speed ;;
 B) throughput; data ;;
 inspect) inspect ;;
 race) race ;;
+feed) feed ;;
+open) open_issues ;;
 *)
-    echo "usage: benchmarks/gpu_session.sh [all|A|B|inspect|race]" >&2
+    echo "usage: benchmarks/gpu_session.sh [all|A|B|inspect|race|feed|open]" >&2
     exit 2
     ;;
 esac

@@ -160,3 +160,27 @@ def test_step_ops_counts_cnnlabs_real_loop_and_leaves_it_unpatched(tmp_path):
     assert ops == pytest.approx(sum(parts.values())) and parts["forward + backward"] > 50
     minimal, minimal_parts, loss = step_ops.minimal_count(replace(config, hidden=[4, 8, 8]), summary)
     assert np.isfinite(loss) and minimal_parts["loader"] == 2  # one gather of images, one of labels
+
+
+def test_step_profile_fits_the_fixed_cost_and_sums_overlapping_kernels_once():
+    import torch
+
+    profile = load_script("step_profile")
+    fixed, per_image = profile.line_fit([256, 512, 1024], [3.0 + 0.01 * b for b in (256, 512, 1024)])
+    assert fixed == pytest.approx(3.0) and per_image == pytest.approx(0.01)
+
+    def kernel(start, end, name):
+        return SimpleNamespace(time_range=SimpleNamespace(start=start, end=end), name=name,
+                               device_type=torch.autograd.DeviceType.CUDA)
+
+    host = SimpleNamespace(time_range=SimpleNamespace(start=0, end=500), name="aten::conv2d",
+                           device_type=torch.autograd.DeviceType.CPU)
+    # µs, over 2 steps: [0, 100] and [50, 150] overlap (150 busy), a 10 µs gap (not idle), [160, 200], then a
+    # 300 µs gap before [500, 600]
+    events = [kernel(500, 600, "sgd"), kernel(0, 100, "conv"), kernel(50, 150, "conv"), kernel(160, 200, "relu"),
+              host]
+    summary = profile.kernel_summary(SimpleNamespace(events=lambda: events), steps=2)
+    assert summary["busy_ms"] == pytest.approx(0.290 / 2) and summary["kernels"] == 2
+    assert summary["gaps"] == 0.5 and summary["gap_ms"] == pytest.approx(0.300 / 2)
+    assert summary["top"][0] == ("conv", pytest.approx(0.200 / 2))
+    assert profile.kernel_summary(SimpleNamespace(events=lambda: [host]), steps=2) is None
