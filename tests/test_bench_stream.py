@@ -50,3 +50,13 @@ def test_checks_catch_wrong_epochs(bench):
     assert "each once" in bench.epoch_problems("x", xs, ys[:-1], targets)[0]  # an image missing
     assert "outside [0, 1]" in bench.epoch_problems("x", [x * 2 for x in xs], ys, targets)[0]  # not normalised so
     assert "not (N, 3, 224, 224)" in bench.epoch_problems("x", [x[:, :, :100] for x in xs], ys, targets)[0]
+
+
+def test_the_colour_check_allows_the_chance_difference_of_a_few_images_and_catches_a_real_one(bench):
+    rng = np.random.default_rng(0)
+    few = [rng.normal(0, 0.6, (12, 3)) for _ in range(2)]  # a dozen images' means: chance differences of ~0.25
+    assert bench.colour_problem("x", few[0], few[1]) is None  # the fixed 0.15 failed a clean clone's run on these
+    assert bench.colour_problem("x", few[0] + 2.0, few[1]) is not None  # ~8 standard errors: not chance
+    many = [rng.normal(0, 0.6, (400, 3)) for _ in range(2)]
+    assert bench.colour_problem("x", many[0], many[1]) is None
+    assert "mean normalised colour" in bench.colour_problem("x", many[0] + 0.3, many[1])  # 7 standard errors
