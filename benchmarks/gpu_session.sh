@@ -11,6 +11,9 @@
 #                                           # $DATA/anchors (a copy of ../shared/anchors) beside the CIFAR archive;
 #                                           # then step time against batch size and a 20-step profile
 #   bash benchmarks/gpu_session.sh feed     # issue 27: the streamed ImageNet loader, CPU path vs GPU decode
+#   bash benchmarks/gpu_session.sh lent     # as open, with the CUDA-graph step: its GPU tests, airbench94 beside
+#                                           # the speedrun eager and graphed, the seed experiment, the seed report,
+#                                           # the streamed loader, the step profile, the other GPU tests
 #   bash benchmarks/gpu_session.sh open     # what issues 25-27 still need, most wanted first: the GPU tests, the
 #                                           # race, the step profile, the streamed loader, CUDA graphs, the seed
 #                                           # report (one call: DEADLINE=480 under a 560 s timeout)
@@ -135,6 +138,27 @@ open_issues() {
     seed_report
 }
 
+lent() {  # issues 25-27 with the CUDA-graph step (issue 26, item 2), most wanted first
+    step graph_tests 90 $PY -m pytest -q -m gpu -rP -p no:cacheprovider tests/test_gpu.py -k "graph or wait"
+    local data ab=/tmp/airbench
+    data=$(cd "$DATA" && pwd)
+    mkdir -p "$ab"
+    step airbench_prep 90 bash -c "cd $ab && $PY $data/anchors/prep_cifar.py $data/cifar10-jpeg.tar.gz"
+    step airbench 120 bash -c "cd $ab && RUNS=6 $PY $data/anchors/airbench94.py"  # run 0: the warm-up
+    step speedrun_eager 100 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" \
+        --cache-dir "$CACHE" --no-reference --cuda-graphs off
+    step speedrun_graphed 100 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" \
+        --cache-dir "$CACHE" --no-reference --cuda-graphs auto
+    step seed_experiment 90 $PY benchmarks/seed_experiment.py --device "$DEVICE" $QUICK --data "$CIFAR" \
+        --cache-dir "$CACHE"
+    step throughput 90 $PY benchmarks/throughput.py --device "$DEVICE" $QUICK --modes eager,graphed
+    seed_report
+    feed
+    step step_profile_graphed 90 $PY benchmarks/step_profile.py --device "$DEVICE" $QUICK --cuda-graphs on
+    step step_profile 90 $PY benchmarks/step_profile.py --device "$DEVICE" $QUICK
+    step gpu_tests 150 $PY -m pytest -q -m gpu -rP -p no:cacheprovider tests/test_gpu.py -k "not graph and not wait"
+}
+
 case $STAGE in
 all) tests; speed; throughput; seed_report; data ;;
 A) tests; speed ;;
@@ -143,8 +167,9 @@ inspect) inspect ;;
 race) race ;;
 feed) feed ;;
 open) open_issues ;;
+lent) lent ;;
 *)
-    echo "usage: benchmarks/gpu_session.sh [all|A|B|inspect|race|feed|open]" >&2
+    echo "usage: benchmarks/gpu_session.sh [all|A|B|inspect|race|feed|open|lent]" >&2
     exit 2
     ;;
 esac

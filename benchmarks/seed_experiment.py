@@ -6,7 +6,8 @@ RandomCrop(32, padding=4) / RandomHorizontalFlip / ToTensor / Normalize in DataL
 one per core on the CPU; pinned memory on a GPU), batch 128, fp32, SGD momentum 0.9 with weight decay 5e-4 on every
 parameter, OneCycleLR (benchmarks/common.py). cnnlab: `cnnlab.engine.fit` with its fast settings (data resident on
 the device, batched augmentation, batch 256 at lr 0.2 (seed_recipe_grid.py), Nesterov, one-cycle, label smoothing 0.1, bf16 autocast and
-channels_last on a GPU), no held-out validation split so both train on the same 50,000 images. Both build the model
+channels_last on a GPU, full batches only there so that the step is captured as a CUDA graph), no held-out
+validation split so both train on the same 50,000 images. Both build the model
 with `cnnlab.create_model`, run the same number of epochs and end with one pass over the 10,000 test images.
 
 Decoding the JPEGs is excluded from both: the arrays come from cnnlab's cache (prepared once before timing; see
@@ -54,11 +55,14 @@ def cnnlab_config(exp, args, device) -> TrainConfig:
     shared = {"model": exp.model, "dataset": "cifar10", "data": args.data, "cache_dir": args.cache_dir,
               "val_split": 0.0, "subset": exp.subset, "test_subset": exp.test_subset, "epochs": exp.epochs,
               "batch_size": exp.batch, "lr": exp.lr, "momentum": 0.9, "weight_decay": 5e-4,
-              "schedule": "triangular", "compile": args.compile, "device": device.type, "seed": args.seed}
+              "schedule": "triangular", "compile": args.compile, "device": device.type, "seed": args.seed,
+              "cuda_graphs": args.cuda_graphs}
     if exp.same_recipe:
         return TrainConfig(**shared)
+    # On a GPU every batch full (the 80 images 50,000 leaves over at batch 256 skipped, a different 80 each epoch),
+    # so the step can be captured as a CUDA graph (--cuda-graphs auto, as `cnnlab train` decides).
     return TrainConfig(**shared, optimizer="sgd", nesterov=True, label_smoothing=0.1,
-                       precision="bf16" if device.type == "cuda" else "fp32")
+                       precision="bf16" if device.type == "cuda" else "fp32", static_shapes=device.type == "cuda")
 
 
 def run_cnnlab(config: TrainConfig, device, out):
@@ -86,6 +90,8 @@ def main():
     cli.add_argument("--workers", type=int,
                      help="reference DataLoader workers (default: 8 on a GPU, one per CPU core up to 8 otherwise)")
     cli.add_argument("--compile", action="store_true", help="cnnlab side: torch.compile (compile time counts)")
+    cli.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto",
+                     help="cnnlab side: capture the step as a CUDA graph where safe (auto), or not (off)")
     cli.add_argument("--cache-dir", help="cnnlab's prepared-dataset cache (default: ~/.cache/cnnlab)")
     cli.add_argument("--seed", type=int, default=0)
     cli.add_argument("--keep-run", metavar="DIR", help="keep cnnlab's run folder here (default: a temp folder)")

@@ -32,6 +32,7 @@ from common import describe_device, exit_if_wrong, input_format, loss_problem, p
 
 CASES = [("speednet", {}), ("resnet18", {"stem": "cifar"})]  # CIFAR-10 at 32×32, as the speedrun and seed train
 SIZE, CLASSES = 32, 10
+WARMUP = 5  # untimed steps for each shape: more than a CUDA graph's eager steps before its capture (graphs.py)
 GAP_US = 20  # a gap between kernels longer than this is the GPU waiting, not the next launch's latency
 
 
@@ -96,6 +97,8 @@ def main():
     cli.add_argument("--profile-batch", type=int, help="the profiled batch (default 1024 speednet, 512 resnet18)")
     cli.add_argument("--steps", type=int, help="timed steps per batch size (default 30, 3 with --quick)")
     cli.add_argument("--models", default="speednet,resnet18", help="comma-separated, from speednet and resnet18")
+    cli.add_argument("--cuda-graphs", choices=("off", "on"), default="off",
+                     help="on: the step captured as a CUDA graph and replayed (CUDA only; default off: eager)")
     args = cli.parse_args()
 
     device = pick_device(args.device)
@@ -105,10 +108,13 @@ def main():
     # The speedrun's step settings (Nesterov, label smoothing, weight decay); lr 0.01 so a step on one batch trains
     # without diverging, whatever the batch size.
     config = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                         cuda_graphs=args.cuda_graphs,
                          label_smoothing=0.1, schedule="constant")
     set_deterministic(config.deterministic, config.autotune)
     precision = resolve_precision(config.precision, device)
-    print(f"{describe_device(device)}; precision {precision.name}; {steps} timed steps per batch after 3 warm-up")
+    graphed = args.cuda_graphs == "on" and device.type == "cuda"
+    print(f"{describe_device(device)}; precision {precision.name}; {'CUDA graph' if graphed else 'eager'} step; "
+          f"{steps} timed steps per batch after {WARMUP} warm-up")
 
     problems = []
     for model_name, options in (c for c in CASES if c[0] in args.models.split(",")):
@@ -117,7 +123,8 @@ def main():
             # a fresh model per batch, so each loss check starts from an untrained network
             step, memory_format = make_step(model_name, options, config, device)
             x, y = batch_of(batch, device, memory_format)
-            *_, warm_losses = timed(step, x, y, 3)  # warm-up: cuDNN's algorithm choice for this shape, the allocator
+            # warm-up: cuDNN's algorithm choice for this shape, the allocator, a graph's eager steps and its capture
+            *_, warm_losses = timed(step, x, y, WARMUP)
             wall, host, losses = timed(step, x, y, steps)
             walls.append(wall * 1e3)
             print(f"{model_name:<9} batch {batch:>5}: {wall * 1e3:8.2f} ms/step, host {host * 1e3:7.2f} ms/step, "
@@ -131,8 +138,9 @@ def main():
               f"the fixed part is {fixed / (fixed + per_image * middle):.0%} of the step")
 
         batch = args.profile_batch or (batches[-1] if args.quick else {"speednet": 1024}.get(model_name, 512))
+        step, memory_format = make_step(model_name, options, config, device)  # a graph is for one batch shape
         x, y = batch_of(batch, device, memory_format)
-        timed(step, x, y, 3)
+        timed(step, x, y, WARMUP)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
             wall, host, losses = timed(step, x, y, profiled_steps)

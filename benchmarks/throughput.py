@@ -1,8 +1,9 @@
-"""Training throughput and model FLOPs utilisation (MFU) of cnnlab's training step, eager against torch.compile.
+"""Training throughput and model FLOPs utilisation (MFU) of cnnlab's training step: eager, torch.compile, CUDA graph.
 
 Each case times the engine's own minibatch step (`cnnlab.engine.step_function`: optimizer groups, autocast at
 cnnlab's default precision — bf16 on a GPU and on a CPU that computes bf16 natively —, channels_last, label
-smoothing, torch.compile for the compiled column), on one synthetic batch already on the device in the memory format
+smoothing, torch.compile for the compiled column, the step captured as a CUDA graph and replayed for the graphed
+one), on one synthetic batch already on the device in the memory format
 the engine's loader would hand it (no data loading). After warm-up steps (which include compilation), N steps are
 timed between two synchronisations.
 
@@ -10,7 +11,8 @@ timed between two synchronisations.
 
 3× forward for forward + backward (the backward pass costs two forwards); MACs are counted by
 cnnlab.models.count_macs (convolutions and matmuls). The peak comes from the table below, by GPU name; on the CPU
-MFU is n/a. The reference here is the eager model: the compiled column shows what torch.compile buys (the CPU's
+MFU is n/a. The reference here is the eager model: the compiled and graphed columns show what torch.compile and
+CUDA graphs buy (the CPU's
 fast path against plain fp32 PyTorch is benchmarks/cpu.py).
 
     python benchmarks/throughput.py                         # on a GPU: batch 512, 50 timed steps
@@ -91,6 +93,8 @@ def main():
     cli.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                      help="the engine's --precision (default auto: bf16 where the GPU or CPU computes it natively)")
     cli.add_argument("--compile-cpu", action="store_true", help="also time torch.compile on the CPU (slow)")
+    cli.add_argument("--modes", help="comma-separated, of eager, compiled (CUDA or --compile-cpu), graphed (CUDA): "
+                                     "which to time (default: all this device has)")
     cli.add_argument("--peak-tflops", type=float, help="peak FLOP/s of this device in TFLOP/s (overrides the table)")
     args = cli.parse_args()
 
@@ -99,7 +103,9 @@ def main():
     batch = args.batch_size or (16 if args.quick else 512)
     steps = args.steps or (3 if args.quick else 50)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 10)
-    modes = ["eager"] + (["compiled"] if cuda or args.compile_cpu else [])
+    modes = ["eager"] + (["compiled"] if cuda or args.compile_cpu else []) + (["graphed"] if cuda else [])
+    if args.modes:
+        modes = [m for m in args.modes.split(",") if m in modes]
     peak = peak_flops(device, args.peak_tflops)
     # lr 0.01, not 0.1: the speed is the same, and at 0.1 a fresh ResNet-18 on one batch of 16 diverges within four
     # steps, so the loss could not tell a step that trains from one that does not.
@@ -124,7 +130,8 @@ def main():
         eager_ips = None
         for mode in modes:
             model = create_model(model_name, classes, image_size=size, **options).train()
-            step = step_function(replace(config, model=model_name, compile=mode == "compiled"), model, device)
+            step = step_function(replace(config, model=model_name, compile=mode == "compiled",
+                                         cuda_graphs="on" if mode == "graphed" else "off"), model, device)
             seconds, warm, losses = time_steps(step, x.contiguous(memory_format=input_format(model)), y, warmup,
                                                steps)
             ips = steps * batch / seconds

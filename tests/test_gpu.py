@@ -1,7 +1,9 @@
-"""The CUDA paths the CPU suite cannot reach: bf16 autocast, channels_last, fused SGD, torch.compile, the resident
-loader on the device, speednet's whitening init there. Marked `gpu` (excluded by default; `pytest -m gpu`) and
+"""The CUDA paths the CPU suite cannot reach: bf16 autocast, channels_last, fused SGD, torch.compile, CUDA graphs,
+the resident loader on the device, speednet's whitening init there. Marked `gpu` (excluded by default; `pytest -m gpu`) and
 skipped without CUDA."""
 
+import copy
+import csv
 import json
 
 import numpy as np
@@ -11,8 +13,10 @@ import torch
 from cnnlab.config import TrainConfig
 from cnnlab.data.loader import DeviceLoader, augment_preset
 from cnnlab.engine import fit
+from cnnlab.graphs import WARMUP_STEPS, GraphedStep
+from cnnlab.metrics import loss_fn
 from cnnlab.models import create_model
-from cnnlab.optim import build_optimizer
+from cnnlab.optim import build_optimizer, build_scheduler
 from data_fixtures import write_image_folder
 
 pytestmark = [pytest.mark.gpu,
@@ -82,6 +86,65 @@ def test_bf16_channels_last_runs_on_cuda(tmp_path, model, extra, compile, precis
         assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]["scale"] > 0
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_graphed_step_updates_the_weights_as_the_eager_step(dtype):
+    """Twelve steps of speednet under a rising lr (the schedule fills the graph's lr tensor before each replay):
+    the graphed twin's losses and weights follow the eager one's, and it replays after its warm-up steps."""
+    torch.manual_seed(0)
+    model = create_model("speednet", hidden=[8, 16, 16]).cuda().to(memory_format=torch.channels_last)
+    twin = copy.deepcopy(model)
+    start = [p.detach().clone() for p in model.parameters()]
+    config = TrainConfig(model="speednet", lr=0.2, momentum=0.85, nesterov=True, weight_decay=5e-4, norm_lr_scale=64,
+                         decay_all=True, warmup_epochs=1, epochs=2, label_smoothing=0.2)
+    criterion = loss_fn("classification", 0.2)
+    graphed_opt, eager_opt = build_optimizer(model, config), build_optimizer(twin, config)
+    schedules = [build_scheduler(opt, config, 6) for opt in (graphed_opt, eager_opt)]
+    step = GraphedStep(model, graphed_opt, criterion, dtype)
+    autocast = torch.autocast("cuda", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    tolerance = 1e-4 if dtype is None else 2e-2
+    for i in range(12):
+        x = torch.randn(32, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (32,), device="cuda")
+        loss, out = step(x, y)
+        eager_opt.zero_grad(set_to_none=True)
+        with autocast:
+            eager_out = twin(x)
+            eager_loss = criterion(eager_out.float(), y)
+        eager_loss.backward()
+        eager_opt.step()
+        for schedule in schedules:
+            schedule.step()
+        assert torch.allclose(loss, eager_loss, atol=tolerance, rtol=tolerance), (i, loss, eager_loss)
+        assert torch.equal(out.argmax(1), eager_out.argmax(1)) or dtype is not None
+    assert step.replays == 12 - WARMUP_STEPS and step.graph is not None
+    assert any(not torch.equal(a, s) for a, s in zip(model.parameters(), start))  # the replays did step
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=10 * tolerance, rtol=10 * tolerance)
+    assert graphed_opt.param_groups[0]["lr"] == eager_opt.param_groups[0]["lr"]  # plain numbers outside the capture
+
+
+def test_a_speedrun_shaped_run_graphs_its_step_and_trains_as_an_eager_one(tmp_path):
+    """--cuda-graphs auto captures a static-shape speednet run's step (the log and summary say so) and trains as
+    --cuda-graphs off does: the same losses, epoch by epoch, up to bf16's rounding."""
+    folder, _ = write_image_folder(tmp_path / "tree", per_class=40)
+    rows, summaries = {}, {}
+    for graphs in ("auto", "off"):
+        config = TrainConfig(model="speednet", dataset="cifar10", data=str(folder), cache_dir=str(tmp_path / "cache"),
+                             epochs=3, batch_size=32, lr=0.2, momentum=0.85, nesterov=True, label_smoothing=0.2,
+                             precision="bf16", device="cuda", val_split=0.2, static_shapes=True, cuda_graphs=graphs,
+                             out=str(tmp_path / graphs), **SPEEDRUN)
+        run = fit(config).path
+        summaries[graphs] = json.loads((run / "summary.json").read_text())
+        with open(run / "metrics.csv", newline="") as f:
+            rows[graphs] = [float(row["train_loss"]) for row in csv.DictReader(f)]
+        log = (run / "log.txt").read_text()
+        assert ("CUDA graphs: the step is captured" in log) == (graphs == "auto"), log
+    assert summaries["auto"]["cuda_graphs"] and not summaries["off"]["cuda_graphs"]
+    print("train loss per epoch, graphed vs eager:", rows)
+    assert np.allclose(rows["auto"], rows["off"], atol=0.05, rtol=0.05)
+    assert rows["auto"][-1] < rows["auto"][0]
+
+
 def test_whitening_init_on_cuda_matches_the_cpu():
     torch.manual_seed(0)
     mix = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.5, 0.3], [0.0, 0.0, 0.2]])
@@ -147,8 +210,9 @@ def _sync_warnings(tmp_path, name, per_class, **settings):
 
 
 @pytest.mark.parametrize("settings", [{}, {"ema_decay": 0.99, "clip_grad_norm": 1.0},
-                                      {"tensorboard": True, "tensorboard_every": 0}],
-                         ids=["plain", "ema+clip", "tensorboard per epoch"])
+                                      {"tensorboard": True, "tensorboard_every": 0},
+                                      {"static_shapes": True, "ema_decay": 0.99}],
+                         ids=["plain", "ema+clip", "tensorboard per epoch", "CUDA graphs+ema"])
 def test_training_steps_do_not_wait_for_the_gpu(tmp_path, settings):
     """The host may wait per epoch (metrics, validation, checkpoints), never per step: twice the steps (10 → 20 an
     epoch), the same waits. EMA and clipping must keep it so (AveragedModel's own update reads n_averaged on the

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -21,6 +22,7 @@ from cnnlab.config import TrainConfig, not_allowed
 from cnnlab.data import DATASETS
 from cnnlab.distributed import Dist, broadcast, gather
 from cnnlab.finetune import freeze_backbone, load_initial_weights
+from cnnlab.graphs import GraphedStep, refusal as graphs_refusal
 from cnnlab.early_stopping import EarlyStopping
 from cnnlab.errors import CnnlabError
 from cnnlab.hardware import (Precision, resolve_device, resolve_precision, reuse_freed_memory, set_deterministic,
@@ -97,6 +99,8 @@ class Setup:
     init_seconds: float | None = None  # time of the model's init_from_data, when it has one
     nonfinite_step: torch.Tensor | None = None  # first step whose loss was NaN/inf (-1: none), kept on the device
     tensorboard: TensorBoardLog | None = None  # with --tensorboard, in the process that writes the run folder
+    graphed: GraphedStep | None = None  # the step as a CUDA graph (graphs.py); None: eager
+    no_graphs: str | None = None  # on CUDA, why the step is not graphed
     asked: TrainConfig | None = None  # the config as given (a resumed run: its config.toml, with new --epochs)
 
     @property
@@ -159,6 +163,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
     torch.manual_seed(config.seed)
     wall_start = time.perf_counter()
     data = build_data(config, device, d=d)
+    no_graphs = _graphs_refusal(config, device, d, data, precision)
     # What the user left open, from the model's recipe (a resumed run's config.toml is complete: nothing to fill).
     config, recipe = apply_recipe(config, input_features=math.prod(data.image_shape), train_images=data.n_train)
     options = model_options(config, data.image_shape, len(data.classes) or 1, data.task)
@@ -184,8 +189,10 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
                   criterion=loss_fn(data.task, config.label_smoothing),
                   autocast=precision.autocast(device), precision=precision, threads=threads, memory=memory,
                   dist=d, wall_start=wall_start, init_seconds=init_seconds,
-                  nonfinite_step=torch.full((), -1, device=device, dtype=torch.int64))
+                  nonfinite_step=torch.full((), -1, device=device, dtype=torch.int64), no_graphs=no_graphs)
     state = _state(model, setup)
+    if no_graphs is None:
+        setup.graphed = GraphedStep(setup.train_model, state.optimizer, setup.criterion, precision.dtype)
     if checkpoint is None:
         _introduce(setup, model, recipe, tuning, notes)
     else:
@@ -257,6 +264,11 @@ def bare_setup(config: TrainConfig, model, device: torch.device, steps_per_epoch
                   precision=precision)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    # One fixed batch per step is what a graph needs from the data; the rest of graphs.refusal's rules apply.
+    one_batch = SimpleNamespace(drop_last=True, batches_per_step=1)
+    if config.cuda_graphs != "off" and not graphs_refusal(replace(config, static_shapes=True), device, 1, one_batch,
+                                                           precision.name):
+        setup.graphed = GraphedStep(setup.train_model, optimizer, setup.criterion, precision.dtype)
     return setup, TrainState(model, optimizer, scheduler, None, default_monitor(task),
                              scaler=precision.scaler(device), ema=_ema(model, config),
                              clip_grad_norm=config.clip_grad_norm)
@@ -284,6 +296,17 @@ def _reopen(resume: str, config: TrainConfig | None, d: Dist, stack):
         # written once the run's files have passed their checks
         return run, checkpoint, replace(config, epochs=epochs), True
     return run, checkpoint, config, False
+
+
+def _graphs_refusal(config: TrainConfig, device: torch.device, d: Dist, data: Data, precision: Precision) -> str | None:
+    """Why the step is not captured as a CUDA graph (None: it is); `--cuda-graphs on` where it cannot be is one line,
+    before the run folder exists."""
+    if config.cuda_graphs == "off":
+        return "--cuda-graphs off"
+    why = graphs_refusal(config, device, d.world_size, data.train, precision.name)
+    if why is not None and config.cuda_graphs == "on":
+        raise CnnlabError(f"--cuda-graphs on cannot capture this run's step: {why}; use --cuda-graphs auto or off")
+    return why
 
 
 def _device(config: TrainConfig, d: Dist) -> torch.device:
@@ -378,6 +401,10 @@ def describe_machine(setup: Setup) -> str:
     config = setup.config
     if config.compile:
         line += f"; torch.compile (mode {config.compile_mode}" + (", fixed shapes)" if config.static_shapes else ")")
+    if setup.graphed is not None:
+        line += "; CUDA graphs: the step is captured once and replayed (--cuda-graphs off: eager)"
+    elif setup.device.type == "cuda":
+        line += f"; no CUDA graphs: {setup.no_graphs}"
     return (line + ("; deterministic kernels" if config.deterministic else "")
             + ("; cuDNN autotuning" if config.autotune and setup.device.type == "cuda" else ""))
 

@@ -137,6 +137,11 @@ class TrainConfig:
                                  "(also times Triton kernels for the convolutions and matmuls: minutes to compile). "
                                  "With --static-shapes the model is compiled for fixed shapes (dynamic=False)",
                                  ("default", "reduce-overhead", "max-autotune"))
+    cuda_graphs: str = _setting("auto", "capture the training step (forward, backward, SGD's update) as a CUDA graph "
+                                "and replay it: one launch per step instead of hundreds. auto: on where it is safe "
+                                "(one CUDA process, --static-shapes, SGD, no --accumulate, fp16 loss scaling, "
+                                "clipping or --compile), else off; the log says which and why. on: refuse a run "
+                                "where it is not safe", ("auto", "on", "off"))
     static_shapes: bool = _setting(False, "every batch the model sees has one shape: training skips each epoch's last "
                                    "partial batch (a different one each epoch; the log says how many images) and, on "
                                    "CUDA or with --compile, evaluation pads its last batch, leaving the padding out of "
@@ -196,6 +201,10 @@ class TrainConfig:
         need(self.lr is None or 0 < self.lr <= 1e6, "lr", "use a number in (0, 1e6]")
         need(isinstance(self.accumulate, int) and self.accumulate >= 1, "accumulate", "use a positive integer")
         need(self.compile or self.compile_mode == "default", "compile_mode", "give --compile too")
+        need(self.cuda_graphs != "on" or not self.compile, "cuda_graphs",
+             "torch.compile makes its own CUDA graphs (--compile-mode reduce-overhead); drop one of the two")
+        need(self.cuda_graphs != "on" or self.device in ("auto", "cuda"), "cuda_graphs",
+             f"CUDA graphs need --device cuda, not {self.device}; use --cuda-graphs auto or off")
         need(not (self.static_shapes and self.full_batch), "static_shapes",
              "--batch-size all adds up every example's gradient, so no batch can be skipped; drop --static-shapes")
         need(self.accumulate == 1 or not self.full_batch, "accumulate",

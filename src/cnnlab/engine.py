@@ -59,6 +59,10 @@ def train_step(setup: Setup, state: TrainState, x, y, global_n: int, first: bool
     DDP's average over processes, taken in the step's last backward pass only, is then the step's mean.
     Returns (loss, logits, the gradients' norm before clipping or None).
     """
+    if setup.graphed is not None:  # a whole step per batch, as graphs.refusal made sure; replayed after a capture
+        loss, out = setup.graphed(x, y)
+        after_update(state)
+        return loss, out, None
     if first:
         state.optimizer.zero_grad(set_to_none=True)
     with distributed.gradient_sync(setup.train_model, last):
@@ -85,6 +89,13 @@ def optimizer_step(state: TrainState) -> torch.Tensor | None:
         state.add_skipped((state.scaler._scale < before).sum())
     else:
         state.optimizer.step()
+    after_update(state)
+    return norm
+
+
+def after_update(state: TrainState) -> None:
+    """What follows the optimizer's update, eagerly (also after a replayed CUDA graph): the schedule, Lookahead and
+    the EMA."""
     with warnings.catch_warnings():
         # The schedule counts steps, skipped ones too; torch warns when the very first step was skipped.
         warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
@@ -93,15 +104,14 @@ def optimizer_step(state: TrainState) -> torch.Tensor | None:
         state.lookahead.step(state.scheduler.last_epoch)
     if state.ema is not None:
         state.ema.update(state.model)  # after Lookahead: the average follows the weights training goes on from
-    return norm
 
 
 def step_function(config: TrainConfig, model, device: torch.device, steps_per_epoch: int = 1):
     """`step(x, y) -> loss`: the engine's own minibatch step for `model`, set up as `fit` sets it up (optimizer
-    groups, schedule, autocast, loss with label smoothing, channels_last, torch.compile), without data or a run
-    folder — for benchmarks that time steps."""
+    groups, schedule, autocast, loss with label smoothing, channels_last, torch.compile, a CUDA graph where
+    `--cuda-graphs` allows one for a fixed batch), without data or a run folder — for benchmarks that time steps."""
     setup, state = bare_setup(config, model, device, steps_per_epoch)
-    return lambda x, y: train_step(setup, state, x, y, len(y))[0].detach()
+    return lambda x, y: train_step(setup, state, x, y, len(y))[0].detach().clone()  # a graph's loss is overwritten
 
 
 def _unit(loader: DeviceLoader) -> str:
@@ -343,7 +353,7 @@ def finish(setup: Setup, state: TrainState, stop_reason: str) -> dict:
                "test_subset": config.test_subset, "wall_seconds": round(time.perf_counter() - setup.wall_start, 2),
                "precision": setup.precision.name, "precision_reason": setup.precision.reason,
                "skipped_steps": state.skipped_steps, "threads": setup.threads, "deterministic": config.deterministic,
-               "channels_last": setup.model_channels_last}
+               "channels_last": setup.model_channels_last, "cuda_graphs": setup.graphed is not None}
     rows = run.metrics()
     summary.update(_timings(rows, setup.init_seconds))
     barrier(setup.dist)  # rank 0 has written best.pt
