@@ -79,6 +79,8 @@ def main():
                      help="torch.compile's mode (reduce-overhead: CUDA graphs), with --compile")
     cli.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto",
                      help="capture the step as a CUDA graph (auto: where safe, as `cnnlab train` does; off: eager)")
+    cli.add_argument("--autotune", action="store_true", help="let cuDNN time its convolution algorithms (cnnlab's "
+                     "--autotune; airbench94 does, in its warm-up run)")
     cli.add_argument("--no-warmup", action="store_true", help="time the first run too")
     cli.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
                      help="also time the typical ResNet-18 pipeline (default: on a GPU)")
@@ -89,14 +91,16 @@ def main():
     device = pick_device(args.device)
     config = TrainConfig.from_toml(PRESET)
     config = replace(config, data=args.data, cache_dir=args.cache_dir, device=device.type, compile=args.compile,
-                     compile_mode=args.compile_mode, cuda_graphs=args.cuda_graphs)
+                     compile_mode=args.compile_mode, cuda_graphs=args.cuda_graphs,
+                     autotune=args.autotune or config.autotune)
     if args.quick:
         config = replace(config, **QUICK_OVERRIDES)
     config.validate()
     seeds = args.seeds or (2 if args.quick else 5)
     print(describe_device(device))
     print(f"preset: {PRESET.stem}" + (f" with {QUICK_OVERRIDES}" if args.quick else "")
-          + f"; precision {config.precision}, compile {config.compile}, CUDA graphs {config.cuda_graphs}"
+          + f"; precision {config.precision}, compile {config.compile}, CUDA graphs {config.cuda_graphs}, cuDNN "
+          f"autotuning {config.autotune}"
           + (f" (mode {config.compile_mode})" if config.compile else ""))
     load_dataset("cifar10", args.data, cache_dir=args.cache_dir)  # prepare the cache before any clock
 
@@ -110,7 +114,8 @@ def main():
         for seed in range(seeds):
             s = run_seed(config, seed, out)
             results.append(s)
-            print(f"seed {seed}: test top-1 {s['test_top1']:.4f}  {'graphed' if s.get('cuda_graphs') else 'eager'}  time {s['speedrun_seconds']:.3f} s "
+            graph = 'CUDA graph' if s.get('cuda_graphs') else 'no graph'
+            print(f"seed {seed}: test top-1 {s['test_top1']:.4f}  {graph}  time {s['speedrun_seconds']:.3f} s "
                   f"(init {s.get('init_seconds', 0):.3f} + train {s['train_seconds']:.3f} + test/TTA "
                   f"{s['test_seconds']:.3f})  fit wall {s['fit_wall']:.2f} s  train loss "
                   f"{' → '.join(f'{v:.3f}' for v in s['train_losses'])}", flush=True)

@@ -97,6 +97,7 @@ def main():
     cli.add_argument("--profile-batch", type=int, help="the profiled batch (default 1024 speednet, 512 resnet18)")
     cli.add_argument("--steps", type=int, help="timed steps per batch size (default 30, 3 with --quick)")
     cli.add_argument("--models", default="speednet,resnet18", help="comma-separated, from speednet and resnet18")
+    cli.add_argument("--autotune", action="store_true", help="let cuDNN time its convolution algorithms per shape")
     cli.add_argument("--cuda-graphs", choices=("off", "on"), default="off",
                      help="on: the step captured as a CUDA graph and replayed (CUDA only; default off: eager)")
     args = cli.parse_args()
@@ -108,12 +109,13 @@ def main():
     # The speedrun's step settings (Nesterov, label smoothing, weight decay); lr 0.01 so a step on one batch trains
     # without diverging, whatever the batch size.
     config = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                         cuda_graphs=args.cuda_graphs,
+                         cuda_graphs=args.cuda_graphs, autotune=args.autotune,
                          label_smoothing=0.1, schedule="constant")
     set_deterministic(config.deterministic, config.autotune)
     precision = resolve_precision(config.precision, device)
     graphed = args.cuda_graphs == "on" and device.type == "cuda"
     print(f"{describe_device(device)}; precision {precision.name}; {'CUDA graph' if graphed else 'eager'} step; "
+          f"cuDNN autotuning {'on' if config.autotune else 'off'}; "
           f"{steps} timed steps per batch after {WARMUP} warm-up")
 
     problems = []

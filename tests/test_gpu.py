@@ -88,13 +88,16 @@ def test_bf16_channels_last_runs_on_cuda(tmp_path, model, extra, compile, precis
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
 def test_a_graphed_step_updates_the_weights_as_the_eager_step(dtype):
-    """Twelve steps of speednet under a rising lr (the schedule fills the graph's lr tensor before each replay):
-    the graphed twin's losses and weights follow the eager one's, and it replays after its warm-up steps."""
+    """Twelve steps of speednet under a warm-up schedule (which fills the graph's lr tensor before each replay; an lr
+    stuck at the capture's would move the weights ~100× the tolerance): the graphed twin's losses and weights follow
+    the eager one's, and it replays after its warm-up steps. A small lr keeps the two on one path: at the speedrun's
+    (BN shifts at 64×) a capture's other cuDNN kernels, rounding differently, move fp32 weights apart by ~1e-4 in
+    twelve steps (measured on an H200) while the losses still agree."""
     torch.manual_seed(0)
     model = create_model("speednet", hidden=[8, 16, 16]).cuda().to(memory_format=torch.channels_last)
     twin = copy.deepcopy(model)
     start = [p.detach().clone() for p in model.parameters()]
-    config = TrainConfig(model="speednet", lr=0.2, momentum=0.85, nesterov=True, weight_decay=5e-4, norm_lr_scale=64,
+    config = TrainConfig(model="speednet", lr=0.02, momentum=0.85, nesterov=True, weight_decay=5e-4, norm_lr_scale=4,
                          decay_all=True, warmup_epochs=1, epochs=2, label_smoothing=0.2)
     criterion = loss_fn("classification", 0.2)
     graphed_opt, eager_opt = build_optimizer(model, config), build_optimizer(twin, config)
