@@ -14,6 +14,8 @@
 #   bash benchmarks/gpu_session.sh lent     # as open, with the CUDA-graph step: its GPU tests, airbench94 beside
 #                                           # the speedrun eager and graphed, the seed experiment, the seed report,
 #                                           # the streamed loader, the step profile, the other GPU tests
+#   bash benchmarks/gpu_session.sh next     # the graph tests again, airbench94, the speedrun graphed with and without
+#                                           # cuDNN autotuning, speednet's step profile with it
 #   bash benchmarks/gpu_session.sh open     # what issues 25-27 still need, most wanted first: the GPU tests, the
 #                                           # race, the step profile, the streamed loader, CUDA graphs, the seed
 #                                           # report (one call: DEADLINE=480 under a 560 s timeout)
@@ -159,6 +161,22 @@ lent() {  # issues 25-27 with the CUDA-graph step (issue 26, item 2), most wante
     step gpu_tests 150 $PY -m pytest -q -m gpu -rP -p no:cacheprovider tests/test_gpu.py -k "not graph and not wait"
 }
 
+next() {  # after the H200 session of 2026-12-04: the graph tests again, and whether cuDNN autotuning (airbench94's
+           # setting) closes the speedrun's remaining 1.22x, beside airbench94 in the same call
+    step graph_tests 90 $PY -m pytest -q -m gpu -rP -p no:cacheprovider tests/test_gpu.py -k "graph or wait"
+    local data ab=/tmp/airbench
+    data=$(cd "$DATA" && pwd)
+    mkdir -p "$ab"
+    step airbench_prep 90 bash -c "cd $ab && $PY $data/anchors/prep_cifar.py $data/cifar10-jpeg.tar.gz"
+    step airbench 120 bash -c "cd $ab && RUNS=6 $PY $data/anchors/airbench94.py"
+    step speedrun_graphed 100 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" \
+        --cache-dir "$CACHE" --no-reference
+    step speedrun_autotune 100 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" \
+        --cache-dir "$CACHE" --no-reference --autotune
+    step step_profile_autotune 60 $PY benchmarks/step_profile.py --device "$DEVICE" $QUICK --models speednet \
+        --cuda-graphs on --autotune
+}
+
 case $STAGE in
 all) tests; speed; throughput; seed_report; data ;;
 A) tests; speed ;;
@@ -168,8 +186,9 @@ race) race ;;
 feed) feed ;;
 open) open_issues ;;
 lent) lent ;;
+next) next ;;
 *)
-    echo "usage: benchmarks/gpu_session.sh [all|A|B|inspect|race|feed|open|lent]" >&2
+    echo "usage: benchmarks/gpu_session.sh [all|A|B|inspect|race|feed|open|lent|next]" >&2
     exit 2
     ;;
 esac

@@ -11,9 +11,13 @@ round, so a burst of load from other processes falls on both alike), one trainin
              DataLoader (shuffle, pinned memory on CUDA), batches moved to the device — the typical script
   cnnlab gpu on CUDA with torchvision: --decode gpu (the workers send the bytes; the GPU decodes in batches)
 
-Both use the same workers and batch size. "Per core" is samples per CPU-second of all the pipeline's processes
-(the main process and its workers, from /proc): it counts the work each pipeline makes the cores do, not how long
-other processes kept it waiting, so it holds on a shared machine; samples/s on the wall clock is printed beside it.
+Each timed epoch runs in a fresh process of its own after an untimed one, and takes its batches as a training
+loop does (each moved to the device and let go before the next); cnnlab's process keeps freed memory for reuse on
+a CPU device, as every cnnlab CPU run does (hardware.reuse_freed_memory), the reference's keeps glibc's defaults,
+as a plain script has. Both use the same workers and batch size. "Per core" is samples per CPU-second of all the
+pipeline's processes (the main process and its workers, from /proc): it counts the work each pipeline makes the
+cores do, not how long other processes kept it waiting, so it holds on a shared machine; samples/s on the wall
+clock is printed beside it.
 
     python benchmarks/stream.py --device cpu --quick    # 400 images, 2 rounds (make bench; ~1 min on 2 cores)
     python benchmarks/stream.py                         # 3,000 images, 4 rounds; on CUDA the GPU decode too
@@ -25,10 +29,14 @@ reference decode of the same file (same box and flip, torchvision's resized_crop
 pipelines' mean colours that disagree.
 """
 
+import argparse
 import io
+import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -42,6 +50,7 @@ from torchvision import datasets, transforms
 from torchvision.transforms.v2 import functional as v2
 
 from cnnlab.data.stream import StreamingImageFolder, StreamLoader, collate_encoded, sample_crop_box, train_sample
+from cnnlab.hardware import reuse_freed_memory
 from common import REPO, cpu_name, exit_if_wrong, parser, pick_device, sync
 
 DEFAULT_TINY = REPO.parent / "shared/datasets/tiny-imagenet-200-train100.tar.gz"
@@ -229,17 +238,44 @@ def decode_problems(root: Path, checks: int) -> list[str]:
 
 
 # -- timing -------------------------------------------------------------------------------------------------------
-def measure(pipelines: dict, rounds: int, device, n: int) -> dict[str, dict[str, list[float]]]:
+def training_pass(loader, device) -> None:
+    """One epoch as a training loop takes it: each batch moved to the device and let go before the next."""
+    for *x, y in loader:
+        if len(x) == 1:
+            x[0].to(device, non_blocking=True)
+        y.to(device, non_blocking=True)
+    sync(device)
+
+
+def measure_one(name: str, root: Path, batch: int, workers: int, device) -> dict:
+    """In a process of its own: pipeline `name`, one untimed epoch (workers started, caches warm), then one timed
+    epoch; (main CPU-s, workers' CPU-s, wall s). cnnlab's process keeps freed memory for reuse on a CPU device, as
+    a cnnlab training run there does (build.py); the reference's and the byte path's keep glibc's defaults."""
+    if name == "cnnlab" and device.type == "cpu":
+        reuse_freed_memory()
+    loader = build_pipelines(root, batch, workers, device, only=name)[name]
+    training_pass(loader, device)
+    (main, workers_cpu), wall = cpu_seconds(), time.perf_counter()
+    training_pass(loader, device)
+    wall = time.perf_counter() - wall
+    main, workers_cpu = (after - before for after, before in zip(cpu_seconds(), (main, workers_cpu)))
+    return {"main": main, "workers": workers_cpu, "wall": wall}
+
+
+def measure(names: list[str], rounds: int, device, n: int, args, root: Path) -> dict[str, dict[str, list[float]]]:
     """{name: {"core": samples per CPU-second of all its processes, "workers": … of its workers alone,
-    "wall": samples/s}} over alternating rounds of one epoch each."""
-    rates = {name: {"core": [], "workers": [], "wall": []} for name in pipelines}
-    names = list(pipelines)
+    "wall": samples/s}} over alternating rounds of one epoch each, each epoch in a fresh process
+    (`measure_one`), so no pipeline's memory or worker processes are another's."""
+    rates = {name: {"core": [], "workers": [], "wall": []} for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            (main, workers), wall = cpu_seconds(), time.perf_counter()
-            epoch(pipelines[name], device)
-            wall = time.perf_counter() - wall
-            main, workers = (after - before for after, before in zip(cpu_seconds(), (main, workers)))
+            child = subprocess.run([sys.executable, __file__, "--measure-one", name, "--root", str(root),
+                                    "--device", device.type, "--workers", str(args.workers), "--batch-size",
+                                    str(args.batch_size)], capture_output=True, text=True)
+            if child.returncode:
+                raise SystemExit(f"{name}: the timed epoch failed:\n{child.stderr[-2000:]}")
+            one = json.loads(child.stdout.strip().splitlines()[-1])
+            main, workers, wall = one["main"], one["workers"], one["wall"]
             rates[name]["core"].append(n / (main + workers))
             rates[name]["workers"].append(n / workers if workers else float("nan"))
             rates[name]["wall"].append(n / wall)
@@ -248,16 +284,22 @@ def measure(pipelines: dict, rounds: int, device, n: int) -> dict[str, dict[str,
     return rates
 
 
-def build_pipelines(root: Path, batch: int, workers: int, device) -> dict:
-    """cnnlab, the reference, on CUDA cnnlab with --decode gpu (where it is available), and the host side of it."""
-    pipelines = {"cnnlab": cnnlab_loader(root, batch, workers, device),
-                 "reference": reference_loader(root, batch, workers, device)}
-    if device.type == "cuda":
+def build_pipelines(root: Path, batch: int, workers: int, device, only: str | None = None) -> dict:
+    """cnnlab, the reference, on CUDA cnnlab with --decode gpu (where it is available), and the host side of it;
+    with `only`, that one alone."""
+    pipelines = {}
+    if only in (None, "cnnlab"):
+        pipelines["cnnlab"] = cnnlab_loader(root, batch, workers, device)
+    if only in (None, "reference"):
+        pipelines["reference"] = reference_loader(root, batch, workers, device)
+    if device.type == "cuda" and only in (None, "cnnlab gpu"):
         gpu_loader = cnnlab_loader(root, batch, workers, device, decode="gpu")
-        print(gpu_loader.decode_note)
+        if only is None:
+            print(gpu_loader.decode_note)
         if gpu_loader.decode == "gpu":
             pipelines["cnnlab gpu"] = gpu_loader
-    pipelines["gpu host"] = bytes_loader(root, batch, workers)
+    if only in (None, "gpu host"):
+        pipelines["gpu host"] = bytes_loader(root, batch, workers)
     return pipelines
 
 
@@ -312,7 +354,14 @@ def main():
     cli.add_argument("--batch-size", type=int, default=64)
     cli.add_argument("--source", default=str(DEFAULT_TINY),
                      help="the Tiny ImageNet tar.gz whose images the folder is made of (default: the shared one)")
+    cli.add_argument("--measure-one", help=argparse.SUPPRESS)  # a timed epoch's own process (measure_one)
+    cli.add_argument("--root", help=argparse.SUPPRESS)
     args = cli.parse_args()
+    if args.measure_one:
+        torch.set_num_threads(1)
+        one = measure_one(args.measure_one, Path(args.root), args.batch_size, args.workers, pick_device(args.device))
+        print(json.dumps(one))
+        return
     n = args.images or (400 if args.quick else 3000)
     rounds = args.rounds or (2 if args.quick else 4)
     device = pick_device(args.device)
@@ -331,7 +380,9 @@ def main():
         problems = decode_problems(root, 8 if args.quick else 32)
         pipelines = build_pipelines(root, args.batch_size, args.workers, device)
         problems += epoch_checks(pipelines, device, pipelines["cnnlab"].dataset.targets)
-        rates = measure(pipelines, rounds, device, n)
+        names = list(pipelines)
+        del pipelines  # their workers end here; each timed epoch runs in a process of its own
+        rates = measure(names, rounds, device, n, args, root)
     report(rates, args.workers, device)
     exit_if_wrong(problems)
 

@@ -60,3 +60,14 @@ def test_the_colour_check_allows_the_chance_difference_of_a_few_images_and_catch
     many = [rng.normal(0, 0.6, (400, 3)) for _ in range(2)]
     assert bench.colour_problem("x", many[0], many[1]) is None
     assert "mean normalised colour" in bench.colour_problem("x", many[0] + 0.3, many[1])  # 7 standard errors
+
+
+def test_a_timed_epoch_runs_in_a_process_of_its_own_and_counts_every_image(bench):
+    """The timed rounds: each pipeline's epoch in a fresh process (`--measure-one`), which reports its CPU and
+    wall seconds; measure() turns them into rates for all 12 images."""
+    import types
+
+    args = types.SimpleNamespace(workers=0, batch_size=5)
+    rates = bench.measure(["cnnlab", "reference"], 1, torch.device("cpu"), 12, args, bench.root)
+    for name in ("cnnlab", "reference"):
+        assert all(v > 0 and np.isfinite(v) for v in rates[name]["core"] + rates[name]["wall"]), rates

@@ -201,3 +201,17 @@ def test_two_deterministic_runs_agree_to_the_bit(tmp_path):
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_and_predict_on_the_cpu_keep_freed_memory_as_training_does(tmp_path, monkeypatch):
+    import cnnlab.evaluate as evaluate
+
+    folder, truth = write_image_folder(tmp_path / "tree", per_class=2, size=8)
+    fit(TrainConfig(model="mlp", dataset="cifar10", data=str(folder), epochs=1, batch_size=10, val_split=0.0,
+                    cache_dir=str(tmp_path / "cache"), device="cpu", out=str(tmp_path / "run")))
+    calls = []
+    monkeypatch.setattr(evaluate, "reuse_freed_memory", lambda: calls.append("kept"))
+    evaluate.evaluate_run(tmp_path / "run", device="cpu")
+    assert calls == ["kept"]
+    image = folder / next(name for name in truth if name.startswith("test/"))
+    assert len(evaluate.predict(tmp_path / "run", [image])) == 1 and calls == ["kept", "kept"]

@@ -23,7 +23,7 @@ from cnnlab.gallery import confident_mistakes, save_filters, save_mistakes, spli
 from cnnlab.tta import tta_logits
 from cnnlab.predictions import write_predictions
 from cnnlab.run_data import build_data, wants_channels_last
-from cnnlab.hardware import Precision, resolve_device, resolve_precision, set_deterministic
+from cnnlab.hardware import Precision, resolve_device, resolve_precision, reuse_freed_memory, set_deterministic
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, model_info
 
@@ -65,6 +65,8 @@ def evaluate_run(target, split: str = "test", data: str | None = None, device: s
     if split not in ("test", "val"):
         raise CnnlabError(f"--split {split!r} is not allowed; choose test or val")
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        reuse_freed_memory()  # as a CPU training run does: no page faults for every batch's activations
     model, checkpoint = load_model(target, dev)
     if save_predictions is not None and checkpoint.get("task") != "classification":
         raise CnnlabError("--save-predictions needs a classification run (this one is a regression)")
@@ -224,6 +226,7 @@ def predict_stream(target, images: list, topk: int = 5):
         raise CnnlabError(f"--topk must be a positive integer, got {topk!r}")
     paths = image_paths(images)
     model, checkpoint = load_image_classifier(target, "predict")
+    reuse_freed_memory()  # predict runs on the CPU: keep each image's activations' memory for the next
     classes = checkpoint["classes"]
     tta = checkpoint["config"].get("tta", "none")  # the views the run's own evaluation averaged
     for path in paths:
