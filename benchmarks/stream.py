@@ -30,10 +30,12 @@ pipelines' mean colours that disagree.
 """
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -256,10 +258,30 @@ def measure_one(name: str, root: Path, batch: int, workers: int, device) -> dict
     loader = build_pipelines(root, batch, workers, device, only=name)[name]
     training_pass(loader, device)
     (main, workers_cpu), wall = cpu_seconds(), time.perf_counter()
-    training_pass(loader, device)
+    with gpu_utilisation(device) as busy:
+        training_pass(loader, device)
     wall = time.perf_counter() - wall
     main, workers_cpu = (after - before for after, before in zip(cpu_seconds(), (main, workers_cpu)))
-    return {"main": main, "workers": workers_cpu, "wall": wall}
+    return {"main": main, "workers": workers_cpu, "wall": wall, "gpu_busy": busy.get("mean")}
+
+
+@contextlib.contextmanager
+def gpu_utilisation(device):
+    """The GPU's mean utilisation (%, nvidia-smi sampling every 100 ms) over the block, in the yielded dict's
+    "mean"; nothing where there is no CUDA device or no nvidia-smi."""
+    result = {}
+    sampler = None
+    if device.type == "cuda" and shutil.which("nvidia-smi"):
+        sampler = subprocess.Popen(["nvidia-smi", f"--id={device.index or 0}", "--query-gpu=utilization.gpu",
+                                    "--format=csv,noheader,nounits", "-lms", "100"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield result
+    finally:
+        if sampler is not None:
+            sampler.terminate()
+            samples = [float(line) for line in sampler.communicate()[0].split() if line.replace(".", "").isdigit()]
+            result["mean"] = statistics.fmean(samples) if samples else None
 
 
 def measure(names: list[str], rounds: int, device, n: int, args, root: Path) -> dict[str, dict[str, list[float]]]:
@@ -276,6 +298,8 @@ def measure(names: list[str], rounds: int, device, n: int, args, root: Path) -> 
                 raise SystemExit(f"{name}: the timed epoch failed:\n{child.stderr[-2000:]}")
             one = json.loads(child.stdout.strip().splitlines()[-1])
             main, workers, wall = one["main"], one["workers"], one["wall"]
+            if one.get("gpu_busy") is not None:
+                rates[name].setdefault("gpu_busy", []).append(one["gpu_busy"])
             rates[name]["core"].append(n / (main + workers))
             rates[name]["workers"].append(n / workers if workers else float("nan"))
             rates[name]["wall"].append(n / wall)
@@ -339,6 +363,10 @@ def report(rates: dict, workers_per_pipeline: int, device) -> None:
     if "cnnlab gpu" in core:
         print(f"GPU decode: {wall['cnnlab gpu']:.0f} samples/s wall, {core['cnnlab gpu']:.0f} per CPU-second "
               f"({wall['cnnlab gpu'] / wall['cnnlab']:.2f}× the CPU path's wall rate)")
+    busy = {name: statistics.median(r["gpu_busy"]) for name, r in rates.items() if r.get("gpu_busy")}
+    if busy:
+        print("GPU utilisation (nvidia-smi, mean over each timed epoch, median over rounds): "
+              + ", ".join(f"{name} {value:.0f} %" for name, value in busy.items()))
     print(f"targets (reported, never enforced): ratio ≥ 2 {'met' if ratio >= 2 else 'MISSED'}; ≥ 700 per core "
           f"{'met' if core['cnnlab'] >= 700 else 'MISSED'}; load average now {os.getloadavg()[0]:.1f}")
 

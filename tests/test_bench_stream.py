@@ -71,3 +71,16 @@ def test_a_timed_epoch_runs_in_a_process_of_its_own_and_counts_every_image(bench
     rates = bench.measure(["cnnlab", "reference"], 1, torch.device("cpu"), 12, args, bench.root)
     for name in ("cnnlab", "reference"):
         assert all(v > 0 and np.isfinite(v) for v in rates[name]["core"] + rates[name]["wall"]), rates
+
+
+def test_gpu_utilisation_is_nvidia_smis_mean_and_nothing_without_a_gpu(bench, tmp_path, monkeypatch):
+    with bench.gpu_utilisation(torch.device("cpu")) as busy:
+        pass
+    assert busy == {}
+    fake = tmp_path / "nvidia-smi"  # prints two samples, as `-lms 100` would, then waits to be stopped
+    fake.write_text("#!/bin/sh\necho 40\necho 60\nexec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    with bench.gpu_utilisation(torch.device("cuda")) as busy:
+        __import__("time").sleep(0.5)
+    assert busy["mean"] == 50
