@@ -63,3 +63,60 @@ def test_a_cpu_run_trains_eagerly_and_says_nothing_of_cuda_graphs(tmp_path):
                           out=str(tmp_path / "run"))).path
     assert '"cuda_graphs": false' in (run / "summary.json").read_text()
     assert "CUDA graphs" not in (run / "log.txt").read_text()
+
+
+def _cpu_graphed_step(monkeypatch, must=False):
+    """A GraphedStep over a CPU model whose eager step and capture are stand-ins (no CUDA here): what it decides."""
+    from cnnlab.graphs import GraphedStep
+    from cnnlab.metrics import loss_fn
+    from cnnlab.models import create_model
+    from cnnlab.optim import build_optimizer
+
+    model = create_model("mlp", 10, in_channels=1, image_size=4)
+    said = []
+    step = GraphedStep(model, build_optimizer(model, TrainConfig(model="mlp", lr=0.1)), loss_fn("classification"),
+                       None, say=said.append, must=must)
+    monkeypatch.setattr(step, "_eager", lambda x, y: ("eager", len(y)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    return step, said
+
+
+def test_a_capture_that_fails_is_said_once_and_the_run_goes_on_eagerly(monkeypatch):
+    step, said = _cpu_graphed_step(monkeypatch)
+
+    def capture(x, y):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(step, "_capture", capture)
+    x, y = torch.zeros(4, 1, 4, 4), torch.zeros(4, dtype=torch.long)
+    results = [step(x, y) for _ in range(6)]
+    assert results == [("eager", 4)] * 6 and not step.graphed
+    assert said == ["CUDA graphs: capturing the step failed (operation not permitted when stream is capturing); "
+                    "training on eagerly"]
+
+
+def test_under_cuda_graphs_on_a_failed_capture_is_one_line(monkeypatch):
+    step, _ = _cpu_graphed_step(monkeypatch, must=True)
+    monkeypatch.setattr(step, "_capture", lambda x, y: (_ for _ in ()).throw(RuntimeError("CUDA error: busy")))
+    x, y = torch.zeros(4, 1, 4, 4), torch.zeros(4, dtype=torch.long)
+    for _ in range(3):
+        step(x, y)
+    with pytest.raises(CnnlabError, match=r"^--cuda-graphs on: capturing the step failed \(CUDA error: busy\)"):
+        step(x, y)
+
+
+def test_a_batch_of_another_shape_never_reaches_a_captured_step(monkeypatch):
+    step, _ = _cpu_graphed_step(monkeypatch)
+    step.graph = object()  # as after a capture for batches of 4
+    step.x, step.y = torch.zeros(4, 1, 4, 4), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(CnnlabError, match=r"a batch of shape \(1, 1, 4, 4\).*captured for \(4, 1, 4, 4\)"):
+        step(torch.zeros(1, 1, 4, 4), torch.zeros(1, dtype=torch.long))
+
+
+def test_the_graphed_step_needs_the_fused_optimizer():
+    from cnnlab.graphs import GraphedStep
+    from cnnlab.models import create_model
+
+    model = create_model("mlp", 10, in_channels=1, image_size=4)
+    with pytest.raises(ValueError, match="fused"):
+        GraphedStep(model, torch.optim.SGD(model.parameters(), lr=0.1), None, None)

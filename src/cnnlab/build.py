@@ -192,7 +192,8 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
                   nonfinite_step=torch.full((), -1, device=device, dtype=torch.int64), no_graphs=no_graphs)
     state = _state(model, setup)
     if no_graphs is None:
-        setup.graphed = GraphedStep(setup.train_model, state.optimizer, setup.criterion, precision.dtype)
+        setup.graphed = GraphedStep(setup.train_model, state.optimizer, setup.criterion, precision.dtype,
+                                    say=setup.say, must=config.cuda_graphs == "on")
     if checkpoint is None:
         _introduce(setup, model, recipe, tuning, notes)
     else:
@@ -266,9 +267,12 @@ def bare_setup(config: TrainConfig, model, device: torch.device, steps_per_epoch
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     # One fixed batch per step is what a graph needs from the data; the rest of graphs.refusal's rules apply.
     one_batch = SimpleNamespace(drop_last=True, batches_per_step=1)
-    if config.cuda_graphs != "off" and not graphs_refusal(replace(config, static_shapes=True), device, 1, one_batch,
-                                                           precision.name):
-        setup.graphed = GraphedStep(setup.train_model, optimizer, setup.criterion, precision.dtype)
+    why = graphs_refusal(replace(config, static_shapes=True), device, 1, one_batch, precision.name)
+    if config.cuda_graphs == "on" and why:
+        raise CnnlabError(f"--cuda-graphs on cannot capture this step: {why}")
+    if config.cuda_graphs != "off" and not why:
+        setup.graphed = GraphedStep(setup.train_model, optimizer, setup.criterion, precision.dtype,
+                                    must=config.cuda_graphs == "on")
     return setup, TrainState(model, optimizer, scheduler, None, default_monitor(task),
                              scaler=precision.scaler(device), ema=_ema(model, config),
                              clip_grad_norm=config.clip_grad_norm)

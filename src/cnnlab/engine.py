@@ -302,6 +302,8 @@ def _out_of_memory_is_one_line(setup: Setup, state: TrainState):
         smaller = FULL_BATCH_CHUNK if setup.config.full_batch else max(1, size // 2)
         kept = [name for name in (runfiles.LAST, runfiles.BEST) if setup.run.file(name).exists()]
         reason = (f"{setup.device.type.upper()} out of memory at batch {size}: try --batch-size {smaller}"
+                  + (" or --cuda-graphs off (a graphed step keeps its activations' memory for the whole run)"
+                     if setup.graphed is not None and setup.graphed.graphed else "")
                   + (f" (the run folder keeps {' and '.join(kept)} from epoch {state.epoch})" if kept else ""))
         setup.run.log(reason)  # the CLI prints it, once
         raise CnnlabError(reason) from None
@@ -353,7 +355,7 @@ def finish(setup: Setup, state: TrainState, stop_reason: str) -> dict:
                "test_subset": config.test_subset, "wall_seconds": round(time.perf_counter() - setup.wall_start, 2),
                "precision": setup.precision.name, "precision_reason": setup.precision.reason,
                "skipped_steps": state.skipped_steps, "threads": setup.threads, "deterministic": config.deterministic,
-               "channels_last": setup.model_channels_last, "cuda_graphs": setup.graphed is not None}
+               "channels_last": setup.model_channels_last, "cuda_graphs": setup.graphed is not None and setup.graphed.graphed}
     rows = run.metrics()
     summary.update(_timings(rows, setup.init_seconds))
     barrier(setup.dist)  # rank 0 has written best.pt

@@ -13,6 +13,8 @@ on the weights the graph updates in place.
 
 import torch
 
+from cnnlab.errors import CnnlabError
+
 WARMUP_STEPS = 3  # eager steps before the capture: the optimizer creates its momentum buffers, cuDNN its plans
 
 
@@ -45,8 +47,15 @@ class GraphedStep:
     it (queues work that reads it) before stepping again, as the training loop's sums do.
     """
 
-    def __init__(self, model, optimizer, criterion, autocast_dtype: torch.dtype | None):
+    def __init__(self, model, optimizer, criterion, autocast_dtype: torch.dtype | None, say=None,
+                 must: bool = False):
+        """`say(line)` reports a capture that failed (the steps then stay eager); with `must` (--cuda-graphs on)
+        such a failure is one CnnlabError line instead."""
+        # Only the fused kernel takes the lr as a device tensor; the foreach step would read it on the host.
+        if not all(group.get("fused") for group in optimizer.param_groups):
+            raise ValueError("GraphedStep needs an optimizer built with fused=True")
         self.model, self.optimizer, self.criterion = model, optimizer, criterion
+        self.say, self.must = say or (lambda line: None), must
         # The autocast cache keeps the weights' bf16 copies between operators of one region; inside a capture those
         # copies would be freed at the region's end while the graph still points at them.
         self.autocast = torch.autocast("cuda", dtype=autocast_dtype or torch.bfloat16,
@@ -54,14 +63,28 @@ class GraphedStep:
         self.eager_steps, self.replays = 0, 0
         self.graph = None
         self.side = None
+        self.failed: str | None = None  # why the capture failed, if it did: every step is eager then
+
+    @property
+    def graphed(self) -> bool:
+        """Whether the steps are being replayed (False before the capture and after a failed one)."""
+        return self.graph is not None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
-        if self.graph is None and self.eager_steps < WARMUP_STEPS:
+        if self.failed or (self.graph is None and self.eager_steps < WARMUP_STEPS):
             self.eager_steps += 1
             return self._eager(x, y)
         if self.graph is None:
-            self._capture(x, y)
+            try:
+                self._capture(x, y)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+                return self._fall_back(e, x, y)
         else:
+            for new, static in ((x, self.x), (y, self.y)):
+                # copy_ would broadcast a smaller batch or convert a dtype without a word: the graph is for one
+                if new.shape != static.shape or new.dtype != static.dtype:
+                    raise CnnlabError(f"a batch of shape {tuple(new.shape)} ({new.dtype}) reached a step captured "
+                                      f"for {tuple(static.shape)} ({static.dtype}); use --cuda-graphs off")
             self.x.copy_(x, non_blocking=True)
             self.y.copy_(y, non_blocking=True)
         for lr, group in zip(self.lrs, self.optimizer.param_groups):
@@ -69,6 +92,19 @@ class GraphedStep:
         self.graph.replay()
         self.replays += 1
         return self.loss, self.out
+
+    def _fall_back(self, error: Exception, x, y):
+        """A capture that failed (an operator that reads the device on the host, memory): say so and go on eagerly
+        from this batch, or under --cuda-graphs on stop with one line."""
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        self.graph, self.failed = None, first
+        self.optimizer.zero_grad(set_to_none=True)  # nothing of the recording is kept
+        torch.cuda.synchronize()
+        if self.must:
+            raise CnnlabError(f"--cuda-graphs on: capturing the step failed ({first}); use --cuda-graphs auto or "
+                              "off") from None
+        self.say(f"CUDA graphs: capturing the step failed ({first}); training on eagerly")
+        return self._eager(x, y)
 
     def _forward_backward(self, x, y):
         with self.autocast:  # as engine.forward_backward: the loss in float32, the logits in the model's dtype
