@@ -22,7 +22,7 @@ from cnnlab.config import TrainConfig, not_allowed
 from cnnlab.data import DATASETS
 from cnnlab.distributed import Dist, broadcast, gather
 from cnnlab.finetune import freeze_backbone, load_initial_weights
-from cnnlab.graphs import GraphedStep, refusal as graphs_refusal
+from cnnlab.graphs import GraphedStep, decide as graphs_decision
 from cnnlab.early_stopping import EarlyStopping
 from cnnlab.errors import CnnlabError
 from cnnlab.hardware import (Precision, resolve_device, resolve_precision, reuse_freed_memory, set_deterministic,
@@ -163,7 +163,7 @@ def start(config: TrainConfig | None, resume: str | None, d: Dist, stack, notes=
     torch.manual_seed(config.seed)
     wall_start = time.perf_counter()
     data = build_data(config, device, d=d)
-    no_graphs = _graphs_refusal(config, device, d, data, precision)
+    no_graphs = graphs_decision(config, device, d.world_size, data.train, precision.name)  # before the run folder
     # What the user left open, from the model's recipe (a resumed run's config.toml is complete: nothing to fill).
     config, recipe = apply_recipe(config, input_features=math.prod(data.image_shape), train_images=data.n_train)
     options = model_options(config, data.image_shape, len(data.classes) or 1, data.task)
@@ -267,10 +267,7 @@ def bare_setup(config: TrainConfig, model, device: torch.device, steps_per_epoch
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     # One fixed batch per step is what a graph needs from the data; the rest of graphs.refusal's rules apply.
     one_batch = SimpleNamespace(drop_last=True, batches_per_step=1)
-    why = graphs_refusal(replace(config, static_shapes=True), device, 1, one_batch, precision.name)
-    if config.cuda_graphs == "on" and why:
-        raise CnnlabError(f"--cuda-graphs on cannot capture this step: {why}")
-    if config.cuda_graphs != "off" and not why:
+    if graphs_decision(replace(config, static_shapes=True), device, 1, one_batch, precision.name) is None:
         setup.graphed = GraphedStep(setup.train_model, optimizer, setup.criterion, precision.dtype,
                                     must=config.cuda_graphs == "on")
     return setup, TrainState(model, optimizer, scheduler, None, default_monitor(task),
@@ -300,17 +297,6 @@ def _reopen(resume: str, config: TrainConfig | None, d: Dist, stack):
         # written once the run's files have passed their checks
         return run, checkpoint, replace(config, epochs=epochs), True
     return run, checkpoint, config, False
-
-
-def _graphs_refusal(config: TrainConfig, device: torch.device, d: Dist, data: Data, precision: Precision) -> str | None:
-    """Why the step is not captured as a CUDA graph (None: it is); `--cuda-graphs on` where it cannot be is one line,
-    before the run folder exists."""
-    if config.cuda_graphs == "off":
-        return "--cuda-graphs off"
-    why = graphs_refusal(config, device, d.world_size, data.train, precision.name)
-    if why is not None and config.cuda_graphs == "on":
-        raise CnnlabError(f"--cuda-graphs on cannot capture this run's step: {why}; use --cuda-graphs auto or off")
-    return why
 
 
 def _device(config: TrainConfig, d: Dist) -> torch.device:

@@ -111,7 +111,9 @@ def step_function(config: TrainConfig, model, device: torch.device, steps_per_ep
     groups, schedule, autocast, loss with label smoothing, channels_last, torch.compile, a CUDA graph where
     `--cuda-graphs` allows one for a fixed batch), without data or a run folder — for benchmarks that time steps."""
     setup, state = bare_setup(config, model, device, steps_per_epoch)
-    return lambda x, y: train_step(setup, state, x, y, len(y))[0].detach().clone()  # a graph's loss is overwritten
+    if setup.graphed is None:
+        return lambda x, y: train_step(setup, state, x, y, len(y))[0].detach()
+    return lambda x, y: train_step(setup, state, x, y, len(y))[0].clone()  # the graph's next replay overwrites it
 
 
 def _unit(loader: DeviceLoader) -> str:
@@ -355,7 +357,8 @@ def finish(setup: Setup, state: TrainState, stop_reason: str) -> dict:
                "test_subset": config.test_subset, "wall_seconds": round(time.perf_counter() - setup.wall_start, 2),
                "precision": setup.precision.name, "precision_reason": setup.precision.reason,
                "skipped_steps": state.skipped_steps, "threads": setup.threads, "deterministic": config.deterministic,
-               "channels_last": setup.model_channels_last, "cuda_graphs": setup.graphed is not None and setup.graphed.graphed}
+               "channels_last": setup.model_channels_last,
+               "cuda_graphs": setup.graphed is not None and setup.graphed.graphed}
     rows = run.metrics()
     summary.update(_timings(rows, setup.init_seconds))
     barrier(setup.dist)  # rank 0 has written best.pt

@@ -39,6 +39,17 @@ def refusal(config, device: torch.device, world_size: int, loader, precision_nam
     return None
 
 
+def decide(config, device: torch.device, world_size: int, loader, precision_name: str) -> str | None:
+    """`refusal` under the user's --cuda-graphs: None to capture, else why not ("--cuda-graphs off" when asked so);
+    `on` where the step cannot be captured is one CnnlabError line."""
+    if config.cuda_graphs == "off":
+        return "--cuda-graphs off"
+    why = refusal(config, device, world_size, loader, precision_name)
+    if why is not None and config.cuda_graphs == "on":
+        raise CnnlabError(f"--cuda-graphs on cannot capture this run's step: {why}; use --cuda-graphs auto or off")
+    return why
+
+
 class GraphedStep:
     """`step(x, y) -> (loss, logits)`: one whole optimizer step (zeroed gradients, forward, backward, the optimizer's
     update) of the batch x, y — eager for the first WARMUP_STEPS calls, then captured once and replayed.
