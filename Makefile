@@ -68,6 +68,7 @@ bench: setup
 	$(PY) benchmarks/throughput.py $(BENCH_ARGS)
 	$(PY) benchmarks/step_ops.py $(filter --quick,$(BENCH_ARGS))
 	$(PY) benchmarks/step_profile.py $(BENCH_ARGS)
+	$(PY) benchmarks/pool_cost.py $(BENCH_ARGS)
 	$(PY) benchmarks/stream.py $(BENCH_ARGS) --source $(DATA)/tiny-imagenet-200-train100.tar.gz
 	@# cpu.py measures the CPU whatever the device, so it takes only the size; bench_models.py has one size and
 	@# takes only the device (without it, a GPU machine's CPU run would time the GPU).

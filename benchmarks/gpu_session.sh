@@ -14,8 +14,9 @@
 #   bash benchmarks/gpu_session.sh lent     # as open, with the CUDA-graph step: its GPU tests, airbench94 beside
 #                                           # the speedrun eager and graphed, the seed experiment, the seed report,
 #                                           # the streamed loader, the step profile, the other GPU tests
-#   bash benchmarks/gpu_session.sh next     # the graph tests again, airbench94, the speedrun graphed with and without
-#                                           # cuDNN autotuning, speednet's step profile with it
+#   bash benchmarks/gpu_session.sh next     # the graph tests again (dropout, mixup, freeze, resume, streamed added),
+#                                           # airbench94, max-pool against amax (pool_cost.py), the speedrun graphed
+#                                           # with and without cuDNN autotuning, speednet's step profile with it
 #   bash benchmarks/gpu_session.sh open     # what issues 25-27 still need, most wanted first: the GPU tests, the
 #                                           # race, the step profile, the streamed loader, CUDA graphs, the seed
 #                                           # report (one call: DEADLINE=480 under a 560 s timeout)
@@ -163,12 +164,13 @@ lent() {  # issues 25-27 with the CUDA-graph step (issue 26, item 2), most wante
 
 next() {  # after the H200 session of 2026-12-04: the graph tests again, and whether cuDNN autotuning (airbench94's
            # setting) closes the speedrun's remaining 1.22x, beside airbench94 in the same call
-    step graph_tests 90 $PY -m pytest -q -m gpu -rP -p no:cacheprovider tests/test_gpu.py -k "graph or wait"
+    step graph_tests 180 $PY -m pytest -q -m gpu -rP -p no:cacheprovider tests/test_gpu.py -k "graph or wait"
     local data ab=/tmp/airbench
     data=$(cd "$DATA" && pwd)
     mkdir -p "$ab"
     step airbench_prep 90 bash -c "cd $ab && $PY $data/anchors/prep_cifar.py $data/cifar10-jpeg.tar.gz"
     step airbench 120 bash -c "cd $ab && RUNS=6 $PY $data/anchors/airbench94.py"
+    step pool_cost 45 $PY benchmarks/pool_cost.py --device "$DEVICE" $QUICK
     step speedrun_graphed 100 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" \
         --cache-dir "$CACHE" --no-reference
     step speedrun_autotune 100 $PY benchmarks/speedrun.py --device "$DEVICE" $QUICK --data "$CIFAR" \

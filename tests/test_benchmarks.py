@@ -184,3 +184,22 @@ def test_step_profile_fits_the_fixed_cost_and_sums_overlapping_kernels_once():
     assert summary["gaps"] == 0.5 and summary["gap_ms"] == pytest.approx(0.300 / 2)
     assert summary["top"][0] == ("conv", pytest.approx(0.200 / 2))
     assert profile.kernel_summary(SimpleNamespace(events=lambda: [host]), steps=2) is None
+
+
+def test_pool_cost_compares_two_pools_that_agree_on_speednets_shapes():
+    """The amax pool pool_cost.py times against max_pool2d is the same function: the same forward on speednet's odd
+    sizes (the last row and column dropped) in any memory format, the same gradient where no window holds a tie."""
+    import torch
+    import torch.nn.functional as F
+
+    pool_cost = load_script("pool_cost")
+    assert pool_cost.pooled_shapes(8) == [(8, 64, 31, 31), (8, 256, 15, 15), (8, 256, 7, 7)]
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64)  # continuous values: no ties
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        a = x.clone(memory_format=fmt).requires_grad_()
+        b = x.clone().requires_grad_()
+        assert torch.equal(pool_cost.amax_pool(a), F.max_pool2d(b, 2))
+        grad = torch.randn(2, 3, 3, 4, dtype=torch.float64)
+        pool_cost.amax_pool(a).backward(grad)
+        F.max_pool2d(b, 2).backward(grad)
+        assert torch.equal(a.grad, b.grad)

@@ -252,3 +252,108 @@ def test_a_run_trained_on_cuda_is_evaluated_explained_and_exported(tmp_path):
     assert explain_run(run, [image], out_dir=tmp_path / "explain")[0].is_file()
     exported = export_model(run, "torchscript", out=tmp_path / "model.pt")  # checked against PyTorch ≤ 1e-4
     assert exported.path.is_file() and exported.max_diff <= 1e-4
+
+
+def test_a_graphed_dropout_draws_a_fresh_mask_on_every_replay():
+    """A captured dropout must not replay the capture's mask: PyTorch moves the CUDA generator's offset on each
+    replay. With lr 0 the weights stay put, so the same batch gives other logits each step only through the masks."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 64), torch.nn.Dropout(0.5), torch.nn.Linear(64, 3)).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, fused=True)
+    step = GraphedStep(model, optimizer, torch.nn.CrossEntropyLoss(), None)
+    x, y = torch.randn(16, 12, device="cuda"), torch.randint(0, 3, (16,), device="cuda")
+    outs = [step(x, y)[1].clone() for _ in range(WARMUP_STEPS + 4)]
+    assert step.graphed and step.replays == 4
+    replayed = outs[WARMUP_STEPS:]
+    assert all(not torch.equal(a, b) for a, b in zip(replayed, replayed[1:]))
+    model.eval()
+    with torch.no_grad():
+        plain = model(x)
+    # each replay is an inverted-dropout estimate of the same logits: unbiased, so their mean nears the plain ones
+    assert (torch.stack(replayed).mean(0) - plain).abs().mean() < plain.abs().mean()
+
+
+def _graphed_and_eager(tmp_path, model="speednet", **settings):
+    """The same static-shape run with --cuda-graphs auto and off: {graphs: (train losses per epoch, summary, log)}."""
+    folder, _ = write_image_folder(tmp_path / "tree", per_class=40)
+    runs = {}
+    for graphs in ("auto", "off"):
+        config = TrainConfig(**{**dict(model=model, dataset="cifar10", data=str(folder), epochs=3, batch_size=32,
+                                       lr=0.05, momentum=0.9, precision="bf16", device="cuda", val_split=0.2,
+                                       static_shapes=True, cache_dir=str(tmp_path / "cache"), cuda_graphs=graphs,
+                                       out=str(tmp_path / graphs)), **settings})
+        run = fit(config).path
+        with open(run / "metrics.csv", newline="") as f:
+            losses = [float(row["train_loss"]) for row in csv.DictReader(f)]
+        runs[graphs] = losses, json.loads((run / "summary.json").read_text()), (run / "log.txt").read_text()
+    return runs
+
+
+@pytest.mark.parametrize("model,settings", [
+    ("vgg11", {"dropout": 0.5}), ("speednet", {"hidden": [8, 16, 16], "mixup": 0.4, "cutmix": 1.0, "mix_prob": 0.5}),
+    ("speednet", {"hidden": [8, 16, 16], "tensorboard": True, "tensorboard_every": 2}),
+    ("speednet", {"hidden": [8, 16, 16], "ema_decay": 0.9, "lookahead_epoch": 2})],
+    ids=["vgg dropout", "mixup+cutmix", "tensorboard per step", "ema+lookahead"])
+def test_a_graphed_run_trains_as_the_eager_one_with(tmp_path, model, settings):
+    """What rides on a graphed step: dropout's masks, soft targets of mixed batches, per-step TensorBoard reads of
+    the replayed loss, EMA and Lookahead after each replay. Each run captures its step (log, summary) and its losses
+    follow the eager run's epoch by epoch: not to the bit (other kernels, other dropout draws), but closely."""
+    runs = _graphed_and_eager(tmp_path, model, **settings)
+    (graphed, summary, log), (eager, plain, _) = runs["auto"], runs["off"]
+    assert "CUDA graphs: the step is captured once and replayed" in log and summary["cuda_graphs"], log
+    assert not plain["cuda_graphs"]
+    print("train loss per epoch, graphed vs eager:", graphed, eager)
+    assert np.allclose(graphed, eager, atol=0.1, rtol=0.1)
+    assert graphed[-1] < graphed[0] and np.isfinite(summary["test_top1"])
+
+
+def test_a_graphed_run_with_a_frozen_backbone_trains_only_its_head(tmp_path):
+    """--freeze-backbone leaves the backbone's parameters without gradients: the captured fused step must skip
+    them, so after a graphed run they are exactly the initial ones and only the classifier moved."""
+    runs = _graphed_and_eager(tmp_path, "resnet18", freeze_backbone=True, epochs=2)
+    assert runs["auto"][1]["cuda_graphs"]
+    a = torch.load(tmp_path / "auto" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "off" / "last.pt", weights_only=True)["model"]
+    for name, value in a.items():
+        if name.startswith("fc."):
+            assert torch.allclose(value, b[name], atol=2e-2, rtol=2e-2), name
+        elif value.is_floating_point():  # the same seed builds the same initial backbone; the runs left it there
+            assert torch.equal(value, b[name]), name
+    assert runs["auto"][0][-1] < runs["auto"][0][0]
+
+
+def test_a_graphed_run_resumed_mid_epoch_captures_again_and_ends_as_an_uninterrupted_one(tmp_path):
+    """A graphed run stopped inside an epoch and resumed warms up and captures its step again (three eager steps
+    from the checkpoint's state), and ends where the uninterrupted graphed run ends, up to kernel rounding."""
+    folder, _ = write_image_folder(tmp_path / "tree", per_class=40)
+    base = dict(model="speednet", hidden=[8, 16, 16], dataset="cifar10", data=str(folder), epochs=3, batch_size=32,
+                lr=0.05, momentum=0.9, precision="bf16", device="cuda", val_split=0.2, static_shapes=True,
+                cache_dir=str(tmp_path / "cache"), checkpoint_every=1)
+    fit(TrainConfig(**base, out=str(tmp_path / "straight")))
+    with pytest.raises(SystemExit):
+        fit(TrainConfig(**base, out=str(tmp_path / "broken")), should_stop=lambda epoch, step: (epoch, step) == (2, 4))
+    fit(None, resume=str(tmp_path / "broken"))
+    log = (tmp_path / "broken" / "log.txt").read_text()
+    assert log.count("CUDA graphs: the step is captured once and replayed") == 2, log
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)["model"]
+    for name in a:  # each tensor within a few % of its norm (a resume from the wrong place parts them by far more)
+        if a[name].is_floating_point():
+            assert (a[name] - b[name]).norm() <= 0.05 * a[name].norm() + 1e-3, name
+    summary = json.loads((tmp_path / "broken" / "summary.json").read_text())
+    assert summary["cuda_graphs"] and summary["epochs_run"] == 3
+
+
+def test_a_streamed_run_with_loader_workers_graphs_its_step(tmp_path):
+    """The streamed loader's pinned-memory thread allocates while the step is captured (thread_local capture mode
+    allows it): a static-shape ImageNet-layout run with two workers captures its step and trains."""
+    classes = ["n01440764", "n01443537", "n01484850"]
+    write_image_folder(tmp_path / "imagenet", classes=classes, per_class=24, size=48, splits=("train", "val"),
+                       fmt="JPEG")
+    run = fit(TrainConfig(model="resnet18", dataset="imagenet", data=str(tmp_path / "imagenet"), image_size=32,
+                          resize_size=40, workers=2, epochs=2, batch_size=8, lr=0.01, val_split=0.2,
+                          static_shapes=True, device="cuda", precision="bf16", out=str(tmp_path / "run"))).path
+    log = (run / "log.txt").read_text()
+    assert "CUDA graphs: the step is captured once and replayed" in log, log
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["cuda_graphs"] and summary["test_top1"] is not None
