@@ -16,7 +16,8 @@
 #                                           # the streamed loader, the step profile, the other GPU tests
 #   bash benchmarks/gpu_session.sh next     # the graph tests again (dropout, mixup, freeze, resume, streamed added),
 #                                           # airbench94, max-pool against amax (pool_cost.py), the speedrun graphed
-#                                           # with and without cuDNN autotuning, speednet's step profile with it
+#                                           # with and without cuDNN autotuning, speednet's step profile with it,
+#                                           # then MFU graphed against compiled + graphed (BN fused)
 #   bash benchmarks/gpu_session.sh open     # what issues 25-27 still need, most wanted first: the GPU tests, the
 #                                           # race, the step profile, the streamed loader, CUDA graphs, the seed
 #                                           # report (one call: DEADLINE=480 under a 560 s timeout)
@@ -177,6 +178,8 @@ next() {  # after the H200 session of 2026-12-04: the graph tests again, and whe
         --cache-dir "$CACHE" --no-reference --autotune
     step step_profile_autotune 60 $PY benchmarks/step_profile.py --device "$DEVICE" $QUICK --models speednet \
         --cuda-graphs on --autotune
+    step throughput_fused 150 $PY benchmarks/throughput.py --device "$DEVICE" $QUICK \
+        --modes eager,graphed,compiled-graphed
 }
 
 case $STAGE in

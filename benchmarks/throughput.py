@@ -12,7 +12,9 @@ timed between two synchronisations.
 3× forward for forward + backward (the backward pass costs two forwards); MACs are counted by
 cnnlab.models.count_macs (convolutions and matmuls). The peak comes from the table below, by GPU name; on the CPU
 MFU is n/a. The reference here is the eager model: the compiled and graphed columns show what torch.compile and
-CUDA graphs buy (the CPU's
+CUDA graphs buy, and `--modes …,compiled-graphed` (CUDA) what both together do: torch.compile's reduce-overhead
+mode fuses batch norm with its neighbours (the memory-bound part of ResNet-18's graphed step) and replays CUDA
+graphs of its own (the CPU's
 fast path against plain fp32 PyTorch is benchmarks/cpu.py).
 
     python benchmarks/throughput.py                         # on a GPU: batch 512, 50 timed steps
@@ -93,8 +95,10 @@ def main():
     cli.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                      help="the engine's --precision (default auto: bf16 where the GPU or CPU computes it natively)")
     cli.add_argument("--compile-cpu", action="store_true", help="also time torch.compile on the CPU (slow)")
-    cli.add_argument("--modes", help="comma-separated, of eager, compiled (CUDA or --compile-cpu), graphed (CUDA): "
-                                     "which to time (default: all this device has)")
+    cli.add_argument("--modes", help="comma-separated, of eager, compiled (CUDA or --compile-cpu), graphed (CUDA), "
+                                     "compiled-graphed (CUDA: torch.compile's reduce-overhead mode, which fuses "
+                                     "batch norm and ReLU and captures its own CUDA graphs): which to time (default: "
+                                     "all this device has but compiled-graphed)")
     cli.add_argument("--peak-tflops", type=float, help="peak FLOP/s of this device in TFLOP/s (overrides the table)")
     args = cli.parse_args()
 
@@ -105,7 +109,7 @@ def main():
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 10)
     modes = ["eager"] + (["compiled"] if cuda or args.compile_cpu else []) + (["graphed"] if cuda else [])
     if args.modes:
-        modes = [m for m in args.modes.split(",") if m in modes]
+        modes = [m for m in args.modes.split(",") if m in modes + (["compiled-graphed"] if cuda else [])]
     peak = peak_flops(device, args.peak_tflops)
     # lr 0.01, not 0.1: the speed is the same, and at 0.1 a fresh ResNet-18 on one batch of 16 diverges within four
     # steps, so the loss could not tell a step that trains from one that does not.
@@ -117,7 +121,7 @@ def main():
           f"warm-up + {steps} timed steps; peak {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (MFU n/a)'}")
     if not cuda and not args.compile_cpu:
         print("compiled: skipped on the CPU (pass --compile-cpu)")
-    print(f"{'model':<9} {'size':>4} {'GMACs':>6} {'mode':<9} {'img/s':>9} {'TFLOP/s':>8} {'MFU':>6} "
+    print(f"{'model':<9} {'size':>4} {'GMACs':>6} {'mode':<16} {'img/s':>9} {'TFLOP/s':>8} {'MFU':>6} "
           f"{'warm-up s':>9} {'vs eager':>8}")
 
     problems = []
@@ -130,7 +134,9 @@ def main():
         eager_ips = None
         for mode in modes:
             model = create_model(model_name, classes, image_size=size, **options).train()
-            step = step_function(replace(config, model=model_name, compile=mode == "compiled",
+            compiled = mode.startswith("compiled")
+            step = step_function(replace(config, model=model_name, compile=compiled,
+                                         compile_mode="reduce-overhead" if mode == "compiled-graphed" else "default",
                                          cuda_graphs="on" if mode == "graphed" else "off"), model, device)
             seconds, warm, losses = time_steps(step, x.contiguous(memory_format=input_format(model)), y, warmup,
                                                steps)
@@ -138,7 +144,7 @@ def main():
             eager_ips = eager_ips or ips
             flops = ips * 3 * macs * 2
             mfu = f"{flops / peak * 100:.1f}%" if peak else "n/a"
-            print(f"{model_name:<9} {size:>4} {macs / 1e9:>6.2f} {mode:<9} {ips:>9.0f} {flops / 1e12:>8.2f} "
+            print(f"{model_name:<9} {size:>4} {macs / 1e9:>6.2f} {mode:<16} {ips:>9.0f} {flops / 1e12:>8.2f} "
                   f"{mfu:>6} {warm:>9.1f} {ips / eager_ips:>7.2f}×  loss {losses[0]:.3f} → {losses[-1]:.3f}",
                   flush=True)
             problem = loss_problem(losses)
