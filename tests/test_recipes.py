@@ -45,9 +45,10 @@ def test_a_model_registered_without_a_recipe_names_the_flags_to_give(monkeypatch
     from cnnlab.models import REGISTRY
     monkeypatch.setitem(REGISTRY, "resnet18", replace(REGISTRY["resnet18"], recipe=None))
     with pytest.raises(CnnlabError, match="no default recipe; give --lr, --weight-decay, --schedule, "
-                                          "--label-smoothing"):
+                                          "--label-smoothing, --nesterov"):
         apply_recipe(TrainConfig(model="resnet18"))
-    config = TrainConfig(model="resnet18", lr=0.1, weight_decay=0.0, schedule="constant", label_smoothing=0.0)
+    config = TrainConfig(model="resnet18", lr=0.1, weight_decay=0.0, schedule="constant", label_smoothing=0.0,
+                         nesterov=False)
     assert apply_recipe(config) == (config, {})  # everything given: no recipe needed
 
 
@@ -73,13 +74,13 @@ def test_what_the_user_set_is_never_replaced(tmp_path):
     (tmp_path / "c.toml").write_text('model = "resnet18"\nweight_decay = 0.0\n')
     config = args("--config", str(tmp_path / "c.toml"), "--lr", "0.3", "--schedule", "constant")
     config, filled = apply_recipe(config)
-    assert set(filled) == {"label_smoothing"}
+    assert set(filled) == {"label_smoothing", "nesterov"}
     assert (config.lr, config.weight_decay, config.schedule) == (0.3, 0.0, "constant")
 
 
 def test_the_seeds_plain_method_is_one_set_of_flags_away():
     config = args("--model", "vgg11", "--lr", "0.01", "--schedule", "constant", "--weight-decay", "0",
-                  "--label-smoothing", "0")
+                  "--label-smoothing", "0", "--nesterov", "false")
     assert apply_recipe(config) == (config, {})
 
 
@@ -134,3 +135,20 @@ def test_the_budget_is_not_named_for_an_optimizer_with_its_own_lr():
     assert "images seen" in recipes.describe("vgg11", filled, 72_000)
     line = recipes.describe("vgg11", filled, 72_000, optimizer="adamw")  # AdamW's 1e-3, not the budget rule's
     assert "lr 0.001" in line and "images seen" not in line
+
+
+@pytest.mark.parametrize("model, given, nesterov", [
+    ("resnet18", {}, True), ("resnet50", {}, True), ("vgg11", {}, False), ("mlp", {}, False),
+    ("resnet18", {"momentum": 0.0}, False),  # plain SGD has no momentum to look ahead with
+    ("resnet18", {"optimizer": "adamw"}, False), ("resnet18", {"nesterov": False}, False),
+    ("vgg11", {"nesterov": True}, True)])
+def test_resnets_recipe_takes_nesterov_momentum_where_the_run_has_momentum(model, given, nesterov):
+    config, filled = apply_recipe(TrainConfig(model=model, **given))
+    assert config.nesterov is nesterov and ("nesterov" in filled) == ("nesterov" not in given)
+    config.validate()
+
+
+def test_the_run_log_says_whether_the_recipe_chose_nesterov():
+    from cnnlab.recipes import describe
+    config, filled = apply_recipe(TrainConfig(model="resnet18"))
+    assert describe("resnet18", filled).endswith("label smoothing 0.0, nesterov true")

@@ -88,7 +88,7 @@ class TrainConfig:
     optimizer: str = _setting("sgd", one_of(s.help for s in OPTIMIZERS.values()), tuple(OPTIMIZERS))
     lr: float | None = _setting(None, "learning rate α (default: the model family's recipe, scaled to the batch size)")
     momentum: float = _setting(0.9, "momentum β (sgd); 0 for plain SGD")
-    nesterov: bool = _setting(False, "Nesterov momentum (sgd)")
+    nesterov: bool | None = _setting(None, "Nesterov momentum (sgd; default: the recipe's, on for ResNet)")
     weight_decay: float | None = _setting(None, "λ of the L2 penalty λ/2‖w‖² (sgd) or decoupled decay (adamw); "
                                           "default: the recipe's, 0 for linear models")
     decay_all: bool = _setting(False, "also decay biases and batch-norm parameters")

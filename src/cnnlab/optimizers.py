@@ -24,7 +24,7 @@ class OptimizerSpec:
 
 def _sgd(groups, config, **extra):
     import torch  # here, not at the top: config.py reads this table and `cnnlab --help` must not import torch
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, **extra)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=bool(config.nesterov), **extra)
 
 
 def _adamw(groups, config, **extra):

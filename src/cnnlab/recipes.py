@@ -3,7 +3,8 @@ with the models (`ModelSpec.recipe`, models/registry.py).
 
 Each learning rate was measured (`cnnlab sweep lr-grid`; RESULTS.md, "Default recipes"), not taken from folklore. A
 recipe fills only what neither a config file nor a flag set, so the seed's plain methods stay one flag away:
-`--schedule constant --weight-decay 0 --label-smoothing 0` trains with a constant lr and no penalty.
+`--schedule constant --weight-decay 0 --label-smoothing 0 --nesterov false` trains with a constant lr, no penalty
+and the plain momentum v = βv + g (ResNet's recipe takes Nesterov's where the run has momentum).
 
 The lr is SGD's at batch 128 and scales linearly with the batch size (Goyal et al. 2017) up to batch 1024; larger
 batches, and full-batch gradient descent, get the batch-1024 value. The batch is an optimizer step's: --batch-size
@@ -25,7 +26,7 @@ REFERENCE_BATCH = 128
 # the lr-grid preset's 2 epochs of 9,000 images, and the seed's 4 epochs of CIFAR-10's 45,000 (RESULTS.md).
 SHORT_BUDGET, LONG_BUDGET = 18_000, 180_000
 LARGEST_SCALED_BATCH = 1024
-FIELDS = ("lr", "weight_decay", "schedule", "label_smoothing")  # the TrainConfig settings a recipe may fill
+FIELDS = ("lr", "weight_decay", "schedule", "label_smoothing", "nesterov")  # the TrainConfig settings a recipe fills
 
 
 def recipe_of(model: str) -> Recipe:
@@ -79,6 +80,8 @@ def apply_recipe(config, input_features: int | None = None, train_images: int | 
         if recipe.lr_reference_inputs and input_features:
             lr *= recipe.lr_reference_inputs / input_features
         values["lr"] = float(f"{lr:.3g}")
+    # Nesterov's look-ahead is a form of momentum: without SGD's momentum there is none to look ahead with.
+    values["nesterov"] = recipe.nesterov and config.optimizer == "sgd" and config.momentum > 0
     filled = {name: values[name] for name in open_settings}
     return replace(config, **filled), filled
 
@@ -88,7 +91,8 @@ def describe(model: str, filled: dict, images_seen: int | None = None, optimizer
     for an optimizer whose lr is its own, such as AdamW's)."""
     if not filled:
         return ""
-    values = ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in filled.items())
+    values = ", ".join(f"{name.replace('_', ' ')} {str(value).lower() if isinstance(value, bool) else value}"
+                       for name, value in filled.items())
     line = f"default recipe for {recipe_key(model)} (every setting you did not give): {values}"
     recipe = recipe_of(model)
     budget_rule = OPTIMIZERS[optimizer].default_lr is None

@@ -79,6 +79,9 @@ class Recipe:
     # where `lr` is the one for recipes.SHORT_BUDGET; between the two the lr moves geometrically with the images a
     # run sees, outside them it stays at the nearer one. None: one lr at every budget (not measured at the long one).
     lr_long: float | None = None
+    # SGD's Nesterov momentum (when the run has momentum). ResNet's: at the seed's budget it gained 1.2-1.9 test
+    # points on each of three seeds (RESULTS.md, "At the seed's budget"); the other families were not measured.
+    nesterov: bool = False
 
 
 # Each classifier's lr is the best of seven (0.005…0.4) in the lr-grid preset (RESULTS.md, "Default recipes"), whose
@@ -147,7 +150,7 @@ for _name, (_cfg, _lrn) in _VGGS.items():
             paper_name=_letter if not _bn else "", min_image_size=32,  # five 2×2 max-pools
             recipe=_VGG_RECIPES[_bn], last_conv_block=_vgg_last_conv_block))
 
-_RESNET_RECIPE = _recipe("resnet", 0.02, lr_long=0.1)
+_RESNET_RECIPE = _recipe("resnet", 0.02, lr_long=0.1, nesterov=True)
 
 
 def _resnet_last_conv_block(model):
