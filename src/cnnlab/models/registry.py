@@ -80,7 +80,7 @@ class Recipe:
     # run sees, outside them it stays at the nearer one. None: one lr at every budget (not measured at the long one).
     lr_long: float | None = None
     # SGD's Nesterov momentum (when the run has momentum). ResNet's: at the seed's budget it gained 1.2-1.9 test
-    # points on each of three seeds (RESULTS.md, "At the seed's budget"); the other families were not measured.
+    # points on each of three seeds (RESULTS.md, "Nesterov momentum for ResNet"); the other families were not measured.
     nesterov: bool = False
 
 
